@@ -1,0 +1,1 @@
+"""HSCNet: configuration, building blocks, span maths and losses."""

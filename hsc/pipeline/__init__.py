@@ -1,0 +1,1 @@
+"""Datasets, training, evaluation, grounding and the demo."""
