@@ -1,0 +1,280 @@
+"""The ``hsc`` command line: a thin layer over ``hsc.extract`` and ``hsc.pipeline``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="Video paragraph grounding with HSCNet: extract features, train, evaluate and ground.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger("hsc")
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a user can fix into one message and exit status 2, without a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from hsc.extract.cache import CacheSettingsError, InvalidInputError
+        from hsc.pipeline.train import CheckpointError
+
+        try:
+            return command(*args, **kwargs)
+        except (InvalidInputError, CacheSettingsError, CheckpointError, FileNotFoundError, ValueError) as error:
+            err_console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from error
+
+    return wrapper
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Callable[[str], None]]:
+    """Show a progress bar on stderr; yields a callback that advances it by one item."""
+    columns = (
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[item]}"),
+    )
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(description, total=total, item="")
+        yield lambda item: progress.update(task, advance=1, item=item)
+
+
+def report_batch(summary: Any, what: str) -> None:
+    """Print what a batch run did; exit with status 1 when any item failed."""
+    console.print(
+        f"{what}: {len(summary.written)} written, {len(summary.skipped)} already complete, "
+        f"{len(summary.failed)} failed"
+    )
+    for key, reason in summary.failed:
+        err_console.print(f"[red]failed[/red] {key}: {reason}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command("extract-video")
+@user_errors
+def extract_video_command(
+    videos_dir: Annotated[Path, typer.Argument(help="Folder of videos; each file's stem is its video id.")],
+    out: Annotated[Path, typer.Option(help="HDF5 cache to create or resume.")] = Path("video_features.h5"),
+    weights: Annotated[Optional[Path], typer.Option(help="Sports-1M C3D state dict; random weights when absent.")] = None,
+    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda:0.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Clips per C3D forward pass.")] = 8,
+    clip_length: Annotated[int, typer.Option(help="Frames per clip.")] = 16,
+    clip_stride: Annotated[int, typer.Option(help="Frames between the starts of consecutive clips.")] = 8,
+    layer: Annotated[str, typer.Option(help="C3D layer to store: fc6 or fc7.")] = "fc6",
+) -> None:
+    """Decode videos, cut 16-frame clips and store their C3D features."""
+    from hsc.extract.video import VideoSettings, extract_videos, find_videos
+
+    settings = VideoSettings(clip_length=clip_length, clip_stride=clip_stride, layer=layer)
+    paths = find_videos(videos_dir)
+    with progress_bar("C3D features", len(paths)) as advance:
+        summary = extract_videos(paths, out, settings, weights=weights, device=device, batch_size=batch_size, progress=advance)
+    report_batch(summary, f"videos in {out}")
+
+
+@app.command("extract-text")
+@user_errors
+def extract_text_command(
+    annotations: Annotated[Path, typer.Argument(help="ActivityNet-Captions, TACoS or paragraph-list JSON file.")],
+    out: Annotated[Path, typer.Option(help="HDF5 cache to create or resume.")] = Path("text_features.h5"),
+    vectors: Annotated[Optional[Path], typer.Option(help="GloVe .txt or .txt.gz file; GloVe 6B 50-d when absent.")] = None,
+) -> None:
+    """Tokenise each paragraph and store its GloVe word vectors."""
+    from hsc.extract.text import extract_text
+
+    result = extract_text(annotations, out, vectors_path=vectors)
+    for key, reason in result.rejected:
+        err_console.print(f"[yellow]rejected[/yellow] {key}: {reason}")
+    console.print(
+        f"{annotations} ({result.format}): {result.words} words, {result.oov_words} out of vocabulary "
+        f"({100 * result.oov_rate:.2f}% out-of-vocabulary rate)"
+    )
+    report_batch(result.summary, f"paragraphs in {out}")
+
+
+def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    table.add_column("")
+    names = list(next(iter(rows.values())))
+    for name in names:
+        table.add_column(name, justify="right")
+    for label, metrics in rows.items():
+        table.add_row(label, *(f"{metrics[n]:.2f}" for n in names))
+    return table
+
+
+@app.command()
+@user_errors
+def train(
+    train_video: Annotated[Path, typer.Option(help="Video cache of the training split.")],
+    train_text: Annotated[Path, typer.Option(help="Text cache of the training split.")],
+    val_video: Annotated[Path, typer.Option(help="Video cache of the validation split.")],
+    val_text: Annotated[Path, typer.Option(help="Text cache of the validation split.")],
+    out: Annotated[Path, typer.Option(help="Run folder for last.pt, best.pt, config.json and metrics.jsonl.")] = Path("runs/hscnet"),
+    preset: Annotated[str, typer.Option(help="activitynet, tacos or demo.")] = "activitynet",
+    epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epoch count.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Override the preset's batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Override the preset's learning rate.")] = None,
+    num_clips: Annotated[Optional[int], typer.Option(help="Override the clips per video after resampling.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    levels: Annotated[Optional[str], typer.Option(help="Semantic levels: SL, SL+PL, SL+WL or SL+PL+WL.")] = None,
+    align: Annotated[Optional[str], typer.Option(help="Alignment losses to keep, e.g. 'word,sentence' or 'none'.")] = None,
+    decoders: Annotated[Optional[str], typer.Option(help="Extra decoders to keep: 'word,paragraph', 'word', 'paragraph' or 'none'.")] = None,
+    device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt with its stored settings.")] = False,
+) -> None:
+    """Train HSCNet on cached features, validating every epoch."""
+    from hsc.pipeline.presets import get_preset, override
+    from hsc.pipeline.train import train as run_training
+
+    chosen = get_preset(preset)
+    model_config = chosen.model
+    if levels is not None:
+        model_config = model_config.with_levels(levels)
+    if align is not None:
+        model_config = override(model_config, parse_switches(align, ("word", "sentence", "paragraph"), "align_"))
+    if decoders is not None:
+        model_config = override(model_config, parse_switches(decoders, ("word", "paragraph"), "", "_decoder"))
+    train_config = override(
+        chosen.train, {"epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "num_clips": num_clips, "seed": seed}
+    )
+
+    def show(entry: dict[str, Any]) -> None:
+        val = "  ".join(f"{k} {v:.2f}" for k, v in entry["val"].items())
+        console.print(f"epoch {entry['epoch']:3d}  loss {entry['loss'].get('total', float('nan')):.4f}  {val}")
+
+    result = run_training(
+        train_video, train_text, val_video, val_text, out, model_config, train_config,
+        device=device, resume=resume, on_epoch=show,
+    )
+    console.print(metrics_table(f"best validation epoch {result.best_epoch}", {"HSCNet": result.best_metrics}))
+    console.print(f"checkpoints in {out}: best.pt, last.pt")
+
+
+def parse_switches(text: str, names: tuple[str, ...], prefix: str, suffix: str = "") -> dict[str, bool]:
+    """Turn 'word,sentence' into {prefix+name+suffix: bool} for each known name."""
+    chosen = set() if text.strip().lower() == "none" else {p.strip().lower() for p in text.split(",") if p.strip()}
+    unknown = chosen - set(names)
+    if unknown:
+        raise ValueError(f"unknown names {sorted(unknown)} in {text!r}; choose from {', '.join(names)} or 'none'")
+    return {f"{prefix}{name}{suffix}": name in chosen for name in names}
+
+
+@app.command()
+@user_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="best.pt or last.pt of a run.")],
+    video: Annotated[Path, typer.Option(help="Video cache of the split to evaluate.")],
+    text: Annotated[Path, typer.Option(help="Text cache of the split to evaluate.")],
+    out: Annotated[Path, typer.Option(help="JSON file for the metrics and every prediction.")] = Path("predictions.json"),
+    strict_iou: Annotated[Optional[bool], typer.Option("--strict-iou/--inclusive-iou", help="Count IoU > m (strict) or IoU >= m; default from the checkpoint.")] = None,
+    device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+    baseline: Annotated[bool, typer.Option(help="Also report the even-split baseline.")] = True,
+) -> None:
+    """Report R@IoU and mIoU of a checkpoint on one split."""
+    from hsc.pipeline.data import ParagraphDataset
+    from hsc.pipeline.evaluate import even_split_records, predict, records_metrics, write_predictions
+    from hsc.pipeline.presets import TrainConfig
+    from hsc.pipeline.train import load_checkpoint, make_loader
+
+    model, payload = load_checkpoint(checkpoint, device)
+    train_config = TrainConfig.from_dict(payload["train_config"])
+    strict = train_config.iou_strict if strict_iou is None else strict_iou
+    dataset = ParagraphDataset(video, text, train_config.num_clips)
+    records = predict(model, make_loader(dataset, train_config.batch_size, shuffle=False), device)
+    metrics = records_metrics(records, train_config.iou_thresholds, strict)
+    rows = {"HSCNet": metrics}
+    if baseline:
+        rows["even split"] = records_metrics(even_split_records(records), train_config.iou_thresholds, strict)
+    settings = {"checkpoint": str(checkpoint), "video": str(video), "text": str(text), "iou_strict": strict}
+    write_predictions(out, records, metrics, settings)
+    console.print(metrics_table(f"{len(records)} paragraphs, {sum(len(r['timestamps']) for r in records)} sentences", rows))
+    console.print(f"predictions written to {out}")
+
+
+@app.command()
+@user_errors
+def ground(
+    video: Annotated[Path, typer.Argument(help="Video file.")],
+    paragraph: Annotated[Path, typer.Argument(help="Text file: one sentence per line, or running text.")],
+    checkpoint: Annotated[Path, typer.Option(help="Trained checkpoint (best.pt).")],
+    weights: Annotated[Optional[Path], typer.Option(help="C3D weights, when the checkpoint was trained on features from a weights file.")] = None,
+    vectors: Annotated[Optional[Path], typer.Option(help="GloVe file, when the checkpoint was trained on vectors from a file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+) -> None:
+    """Find the start and end of each sentence of a paragraph in a video."""
+    from hsc.pipeline.ground import ground_paragraph
+
+    result = ground_paragraph(video, paragraph, checkpoint, weights=weights, vectors=vectors, device=device)
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    table = Table(title=f"{result['video']} ({result['duration']:.2f} s)")
+    table.add_column("#", justify="right")
+    table.add_column("sentence")
+    table.add_column("start (s)", justify="right")
+    table.add_column("end (s)", justify="right")
+    for i, sentence in enumerate(result["sentences"], start=1):
+        table.add_row(str(i), sentence["text"], f"{sentence['start']:.2f}", f"{sentence['end']:.2f}")
+    console.print(table)
+    console.print(f"paragraph: {result['paragraph']['start']:.2f} s to {result['paragraph']['end']:.2f} s")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the generated data, caches and run.")] = Path("hsc-demo"),
+    epochs: Annotated[Optional[int], typer.Option(help="Override the demo preset's epoch count.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated data and of training.")] = 0,
+) -> None:
+    """Run every stage on a generated dataset of rendered videos and report the test metrics."""
+    import time
+
+    from hsc.pipeline.demo import run_demo
+
+    start = time.perf_counter()
+    result = run_demo(out, progress_bar, lambda line: console.print(f"[green]done[/green] {line}"), epochs=epochs, seed=seed)
+    total = time.perf_counter() - start
+    console.print(metrics_table("test split", {"HSCNet": result.metrics, "even split": result.baseline}))
+
+    grounding = result.grounding
+    table = Table(title=f"hsc ground {grounding['video']} ({grounding['duration']:.2f} s)")
+    for column in ("sentence", "predicted (s)", "true (s)"):
+        table.add_column(column)
+    for sentence, truth in zip(grounding["sentences"], result.truth):
+        table.add_row(sentence["text"], f"{sentence['start']:.2f} - {sentence['end']:.2f}", f"{truth[0]:.2f} - {truth[1]:.2f}")
+    console.print(table)
+    console.print(f"demo finished in {total:.1f} s; everything is in {out}")
+
+
+if __name__ == "__main__":
+    app()
