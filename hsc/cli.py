@@ -149,7 +149,7 @@ def train(
     align: Annotated[Optional[str], typer.Option(help="Alignment losses to keep, e.g. 'word,sentence' or 'none'.")] = None,
     decoders: Annotated[Optional[str], typer.Option(help="Extra decoders to keep: 'word,paragraph', 'word', 'paragraph' or 'none'.")] = None,
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt with its stored settings.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt with its stored settings; --epochs may raise the epoch count.")] = False,
 ) -> None:
     """Train HSCNet on cached features, validating every epoch."""
     from hsc.pipeline.presets import get_preset, override
@@ -173,7 +173,7 @@ def train(
 
     result = run_training(
         train_video, train_text, val_video, val_text, out, model_config, train_config,
-        device=device, resume=resume, on_epoch=show,
+        device=device, resume=resume, resume_epochs=epochs if resume else None, on_epoch=show,
     )
     console.print(metrics_table(f"best validation epoch {result.best_epoch}", {"HSCNet": result.best_metrics}))
     console.print(f"checkpoints in {out}: best.pt, last.pt")

@@ -93,7 +93,7 @@ def run_demo(
     with progress_bar("training", train_config.epochs) as advance:
         train(
             video_cache, text_caches["train"], video_cache, text_caches["val"], run_dir,
-            preset.model, train_config, device=device, resume=resume,
+            preset.model, train_config, device=device, resume=resume, resume_epochs=train_config.epochs,
             on_epoch=lambda entry: advance(f"epoch {entry['epoch']}: val mIoU {entry['val']['mIoU']:.1f}"),
         )
     lap(f"train ({train_config.epochs} epochs)")

@@ -139,6 +139,7 @@ def train(
     train_config: TrainConfig,
     device: str = "cpu",
     resume: bool = False,
+    resume_epochs: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> TrainResult:
@@ -146,7 +147,8 @@ def train(
 
     The model's input sizes are taken from the caches. With ``resume`` the run continues from
     ``out_dir/last.pt``, whose stored configuration replaces ``model_config`` and
-    ``train_config``. Best means highest validation mIoU.
+    ``train_config``; ``resume_epochs`` then raises the epoch count to train to. Best means
+    highest validation mIoU.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,8 @@ def train(
         payload = torch.load(last_path, map_location="cpu", weights_only=False)
         model_config = HSCNetConfig.from_dict(payload["model_config"])
         train_config = TrainConfig.from_dict(payload["train_config"])
+        if resume_epochs is not None:
+            train_config = TrainConfig.from_dict({**train_config.to_dict(), "epochs": resume_epochs})
         log.info("resuming from %s after epoch %d", last_path, payload["epoch"])
 
     seed_everything(train_config.seed)
