@@ -99,7 +99,7 @@ class HSCNet(nn.Module):
             self.paragraph_project = nn.Linear(2 * D, D)
             self.paragraph_head = SpanHead(D, D, p)
         sentence_in = 2 * D + (2 * D if config.paragraph_level else 0)
-        # Bidirectional so each sentence sees the sentences before and after it; D/2 per direction.
+        # Bidirectional, so each sentence gets context from the sentences before and after it.
         self.sentence_lstm = nn.LSTM(sentence_in, D // 2, batch_first=True, bidirectional=True)
         self.sentence_head = SpanHead(D, D, p)
         if config.word_decoder:

@@ -106,8 +106,8 @@ class MultiModalLayer(nn.Module):
 
     The clips and the queries are projected into a shared sequence M (B, T + Q, D), attended
     jointly, and split again. Two unshared MLPs return the visual and the textual part. Residual
-    connections and layer norms around both steps are our choice: the paper does not say, and
-    without them stacks of 3 layers (the TACoS setting) train poorly.
+    connections and layer norms around both steps are our choice, as in the standard Transformer
+    layer, because the paper leaves this open.
     """
 
     def __init__(self, dim: int, num_heads: int, dropout: float, initial_scale: float):

@@ -79,7 +79,7 @@ class VideoFeatureStore:
         for name in FEATURE_DATASETS:
             if name in node:
                 return node[name][()].astype(np.float32)
-        raise InvalidInputError(f"{key} in {f.filename} holds none of the datasets {FEATURE_DATASETS}")
+        raise InvalidInputError(f"{key} in {f.filename} contains none of the datasets {FEATURE_DATASETS}")
 
     def resolve(self, video_id: str) -> str | None:
         """Return the key storing ``video_id``, or None when the cache lacks it."""

@@ -25,7 +25,7 @@ def read_paragraph(path: Path) -> list[str]:
         raise InvalidInputError(f"paragraph file not found: {path}")
     sentences = split_paragraph(path.read_text(encoding="utf-8"))
     if not sentences:
-        raise InvalidInputError(f"{path} holds no sentence; write one sentence per line")
+        raise InvalidInputError(f"{path} contains no sentence; write one sentence per line")
     return sentences
 
 

@@ -15,14 +15,14 @@ class TrainConfig:
 
     # Selects the recall thresholds: "activitynet", "tacos", or "custom" (ActivityNet's).
     dataset: str = "activitynet"
-    # Clips per video after resampling (the paper's N^V).
+    # Clips per video after resampling (N^V in the HSCNet paper, Tan et al., CVPR 2023).
     num_clips: int = 256
     batch_size: int = 32
     epochs: int = 20
-    # Adam at 1e-4 without weight decay, as in the paper.
+    # Adam at 1e-4 without weight decay, as published for HSCNet.
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
-    # Gradient-norm clip; the paper does not say, and clipping guards the LSTMs early on.
+    # Gradient-norm clip. HSCNet's publication gives none; clipping guards the LSTMs early on.
     grad_clip: float = 1.0
     seed: int = 0
     # Count a recall hit at IoU > m instead of IoU >= m.
@@ -59,8 +59,8 @@ class Preset:
     train: TrainConfig
 
 
-# The published settings (section 4.2 of the paper). The epoch counts are not published; these
-# are our choice.
+# The settings published for HSCNet (Tan et al., CVPR 2023, section 4.2). The epoch counts are
+# not published, so these are our choice.
 PRESETS: dict[str, Preset] = {
     "activitynet": Preset(
         HSCNetConfig(word_layers=1, sentence_layers=1, paragraph_layers=1),
