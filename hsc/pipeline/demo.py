@@ -49,11 +49,13 @@ def run_demo(
     epochs: int | None = None,
     seed: int = 0,
     device: str = "cpu",
+    num_videos: tuple[int, int, int] | None = None,
 ) -> DemoResult:
     """Generate the demo data under ``out`` and run extraction, training, evaluation and grounding.
 
     Each stage reuses what an earlier run left in ``out``, so an interrupted demo resumes.
-    ``report`` receives one line per finished stage.
+    ``report`` receives one line per finished stage. ``num_videos`` sets the train, validation
+    and test sizes of the generated data (the generator's defaults when None).
     """
     out = Path(out)
     seconds: dict[str, float] = {}
@@ -67,7 +69,8 @@ def run_demo(
         report(f"{stage}: {seconds[stage]:.1f} s")
 
     # 1. Rendered videos and their paragraphs.
-    dataset = make_demo_dataset(out / "data", seed=seed)
+    sizes = {} if num_videos is None else dict(zip(("num_train", "num_val", "num_test"), num_videos))
+    dataset = make_demo_dataset(out / "data", seed=seed, **sizes)
     lap("generate videos")
 
     # 2. C3D features of every video, then word vectors of every split.
