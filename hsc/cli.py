@@ -89,14 +89,20 @@ def extract_video_command(
     clip_length: Annotated[int, typer.Option(help="Frames per clip.")] = 16,
     clip_stride: Annotated[int, typer.Option(help="Frames between the starts of consecutive clips.")] = 8,
     layer: Annotated[str, typer.Option(help="C3D layer to store: fc6 or fc7.")] = "fc6",
+    pca: Annotated[Optional[Path], typer.Option(help="PCA file to reduce fc7 features with, e.g. PCA_activitynet_v1-3.hdf5 or an .npz with x_mean, U, S; needs --layer fc7.")] = None,
+    pca_dims: Annotated[int, typer.Option(help="Principal components kept with --pca (500 in the public ActivityNet features).")] = 500,
 ) -> None:
     """Decode videos, cut 16-frame clips and store their C3D features."""
     from hsc.extract.video import VideoSettings, extract_videos, find_videos
 
-    settings = VideoSettings(clip_length=clip_length, clip_stride=clip_stride, layer=layer)
+    settings = VideoSettings(
+        clip_length=clip_length, clip_stride=clip_stride, layer=layer, pca_dims=pca_dims if pca is not None else None
+    )
     paths = find_videos(videos_dir)
     with progress_bar("C3D features", len(paths)) as advance:
-        summary = extract_videos(paths, out, settings, weights=weights, device=device, batch_size=batch_size, progress=advance)
+        summary = extract_videos(
+            paths, out, settings, weights=weights, device=device, batch_size=batch_size, progress=advance, pca=pca
+        )
     report_batch(summary, f"videos in {out}")
 
 
@@ -145,6 +151,8 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Override the preset's learning rate.")] = None,
     num_clips: Annotated[Optional[int], typer.Option(help="Override the clips per video after resampling.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    normalize_clips: Annotated[Optional[bool], typer.Option("--normalize-clips/--raw-clips", help="L2-normalise each clip feature; default from the preset.")] = None,
+    strict_iou: Annotated[Optional[bool], typer.Option("--strict-iou/--inclusive-iou", help="Count a recall hit at IoU > m (strict) or IoU >= m; default strict.")] = None,
     levels: Annotated[Optional[str], typer.Option(help="Semantic levels: SL, SL+PL, SL+WL or SL+PL+WL.")] = None,
     align: Annotated[Optional[str], typer.Option(help="Alignment losses to keep, e.g. 'word,sentence' or 'none'.")] = None,
     decoders: Annotated[Optional[str], typer.Option(help="Extra decoders to keep: 'word,paragraph', 'word', 'paragraph' or 'none'.")] = None,
@@ -164,7 +172,11 @@ def train(
     if decoders is not None:
         model_config = override(model_config, parse_switches(decoders, ("word", "paragraph"), "", "_decoder"))
     train_config = override(
-        chosen.train, {"epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "num_clips": num_clips, "seed": seed}
+        chosen.train,
+        {
+            "epochs": epochs, "batch_size": batch_size, "learning_rate": lr, "num_clips": num_clips,
+            "seed": seed, "normalize_clips": normalize_clips, "iou_strict": strict_iou,
+        },
     )
 
     def show(entry: dict[str, Any]) -> None:
@@ -208,7 +220,7 @@ def evaluate(
     model, payload = load_checkpoint(checkpoint, device)
     train_config = TrainConfig.from_dict(payload["train_config"])
     strict = train_config.iou_strict if strict_iou is None else strict_iou
-    dataset = ParagraphDataset(video, text, train_config.num_clips)
+    dataset = ParagraphDataset(video, text, train_config.num_clips, train_config.normalize_clips)
     records = predict(model, make_loader(dataset, train_config.batch_size, shuffle=False), device)
     metrics = records_metrics(records, train_config.iou_thresholds, strict)
     rows = {"HSCNet": metrics}
@@ -228,13 +240,17 @@ def ground(
     checkpoint: Annotated[Path, typer.Option(help="Trained checkpoint (best.pt).")],
     weights: Annotated[Optional[Path], typer.Option(help="C3D weights, when the checkpoint was trained on features from a weights file.")] = None,
     vectors: Annotated[Optional[Path], typer.Option(help="GloVe file, when the checkpoint was trained on vectors from a file.")] = None,
+    pca: Annotated[Optional[Path], typer.Option(help="PCA file, when the checkpoint was trained on PCA-reduced features (PCA_activitynet_v1-3.hdf5 for the public ActivityNet ones).")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="C3D layer (fc6 or fc7) for checkpoints trained on public features; fc7 with --pca, else fc6.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
 ) -> None:
     """Find the start and end of each sentence of a paragraph in a video."""
     from hsc.pipeline.ground import ground_paragraph
 
-    result = ground_paragraph(video, paragraph, checkpoint, weights=weights, vectors=vectors, device=device)
+    result = ground_paragraph(
+        video, paragraph, checkpoint, weights=weights, vectors=vectors, device=device, pca=pca, layer=layer
+    )
     if as_json:
         print(json.dumps(result, indent=1))
         return

@@ -133,15 +133,15 @@ def test_metrics_inclusive_threshold():
     # IoUs: 1.0, exactly 0.5, 0.0.
     predictions = np.array([[0, 10], [0, 10], [20, 30]])
     truth = np.array([[0, 10], [0, 5], [0, 10]])
-    metrics = grounding_metrics(predictions, truth, (0.5,))
+    metrics = grounding_metrics(predictions, truth, (0.5,), strict=False)
     assert metrics["R@0.5"] == pytest.approx(200 / 3)
     assert metrics["mIoU"] == pytest.approx(50.0)
 
 
-def test_metrics_strict_threshold():
+def test_metrics_strict_threshold_is_default():
     predictions = np.array([[0, 10], [0, 10], [20, 30]])
     truth = np.array([[0, 10], [0, 5], [0, 10]])
-    assert grounding_metrics(predictions, truth, (0.5,), strict=True)["R@0.5"] == pytest.approx(100 / 3)
+    assert grounding_metrics(predictions, truth, (0.5,))["R@0.5"] == pytest.approx(100 / 3)
 
 
 def test_metrics_average_over_sentences_not_paragraphs():

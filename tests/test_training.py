@@ -116,3 +116,22 @@ def test_train_rejects_caches_without_common_videos(tmp_path):
             f[key].attrs["video"] = "unknown"
     with pytest.raises(InvalidInputError, match="no paragraph"):
         train(video, text, video, text, tmp_path / "run", MODEL, TRAINING)
+
+
+def test_prepare_clips_normalises_before_resampling():
+    from hsc.pipeline.data import prepare_clips
+
+    features = np.array([[3.0, 4.0], [0.0, 2.0], [0.0, 0.0]], dtype=np.float32)
+    normalised = prepare_clips(features, num_clips=3, normalize=True)
+    np.testing.assert_allclose(normalised, [[0.6, 0.8], [0.0, 1.0], [0.0, 0.0]])
+    # Two bins over three clips: [0, 1) and [1, 3).
+    pooled = prepare_clips(features, num_clips=2, normalize=True)
+    np.testing.assert_allclose(pooled, [[0.6, 0.8], [0.0, 0.5]])
+
+
+def test_normalize_clips_reaches_the_checkpoint(tmp_path):
+    caches = write_caches(tmp_path)
+    config = TrainConfig(**{**TRAINING.to_dict(), "epochs": 1, "normalize_clips": True})
+    run(tmp_path / "run", caches, config=config)
+    _, payload = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert payload["train_config"]["normalize_clips"] is True

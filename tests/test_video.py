@@ -118,12 +118,46 @@ def test_settings_record_exact() -> None:
         "clip_length": 16,
         "clip_stride": 8,
         "weights": "random-init seed=0",
+        "pca": None,
+        "pca_dims": None,
     }
+
+
+def test_settings_record_with_pca() -> None:
+    record = VideoSettings(layer="fc7", pca_dims=500).to_dict("w", "pca.hdf5 sha256=0123")
+    assert record["pca"] == "pca.hdf5 sha256=0123"
+    assert record["pca_dims"] == 500
 
 
 def test_settings_round_trip() -> None:
     settings = VideoSettings(layer="fc7", clip_stride=16)
     assert VideoSettings.from_dict(settings.to_dict("w")) == settings
+
+
+def test_settings_round_trip_with_pca() -> None:
+    settings = VideoSettings(layer="fc7", pca_dims=500)
+    assert VideoSettings.from_dict(settings.to_dict("w", "p")) == settings
+
+
+def test_settings_record_without_pca_keys_read() -> None:
+    record = SETTINGS.to_dict("w")
+    del record["pca"], record["pca_dims"]
+    assert VideoSettings.from_dict(record) == SETTINGS
+
+
+def test_settings_pca_needs_fc7() -> None:
+    with pytest.raises(ValueError, match="--layer fc7"):
+        VideoSettings(layer="fc6", pca_dims=500)
+
+
+def test_settings_pca_description_required() -> None:
+    with pytest.raises(ValueError, match="inconsistent PCA settings"):
+        VideoSettings(layer="fc7", pca_dims=500).to_dict("w")
+
+
+def test_settings_pca_description_without_dims_rejected() -> None:
+    with pytest.raises(ValueError, match="inconsistent PCA settings"):
+        SETTINGS.to_dict("w", "pca.hdf5 sha256=0123")
 
 
 def test_settings_from_text_record_rejected() -> None:
@@ -132,7 +166,16 @@ def test_settings_from_text_record_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes", [{"layer": "fc8"}, {"clip_stride": 0}, {"crop_size": 200}, {"clip_length": 2.5}]
+    "changes",
+    [
+        {"layer": "fc8"},
+        {"clip_stride": 0},
+        {"crop_size": 200},
+        {"clip_length": 2.5},
+        {"layer": "fc7", "pca_dims": 0},
+        {"layer": "fc7", "pca_dims": 4097},
+        {"layer": "fc7", "pca_dims": True},
+    ],
 )
 def test_settings_invalid_rejected(changes: dict) -> None:
     with pytest.raises(ValueError, match="invalid"):
@@ -475,6 +518,23 @@ def test_extract_videos_settings_mismatch(tmp_path: Path) -> None:
     extract_videos([], out, SETTINGS)
     with pytest.raises(CacheSettingsError, match="layer"):
         extract_videos([], out, VideoSettings(layer="fc7"))
+
+
+def test_extract_videos_resumes_cache_without_pca_keys(tmp_path: Path) -> None:
+    out = tmp_path / "video.h5"
+    extract_videos([], out, SETTINGS)
+    legacy = SETTINGS.to_dict(RANDOM_INIT_DESCRIPTION)
+    del legacy["pca"], legacy["pca_dims"]
+    with h5py.File(out, "a") as f:
+        f.attrs["settings"] = json.dumps(legacy)
+
+    summary = extract_videos([], out, SETTINGS)
+    assert summary.ok
+
+
+def test_extract_videos_pca_file_required(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="inconsistent PCA settings"):
+        extract_videos([], tmp_path / "video.h5", VideoSettings(layer="fc7", pca_dims=3))
 
 
 def test_extract_videos_non_c3d_settings_rejected(tmp_path: Path) -> None:

@@ -46,8 +46,10 @@ class C3D(nn.Module):
     """C3D with the Sports-1M layer layout: 8 conv layers, 5 max-pool layers, fc6, fc7 and fc8.
 
     ``features`` returns the activations of fc6 or fc7 after their ReLU, which is what the next
-    layer of the trained network receives, so every value is non-negative. Dropout never applies
-    in ``features``, so its output does not depend on train or eval mode.
+    layer of the trained network receives, so every value is non-negative. The Caffe feature
+    extractor of facebookarchive/C3D writes the same values, because its relu6 and relu7 layers
+    work in place on the fc6-1 and fc7-1 blobs (c3d_sport1m_feature_extractor_frm.prototxt).
+    Dropout never applies in ``features``, so its output does not depend on train or eval mode.
     """
 
     def __init__(self) -> None:

@@ -39,11 +39,18 @@ def check_key(key: str) -> str:
     return key
 
 
+def without_nulls(record: dict[str, Any]) -> dict[str, Any]:
+    """Return ``record`` without its None values, so a missing key and a null key compare equal."""
+    return {k: v for k, v in record.items() if v is not None}
+
+
 class FeatureCache:
     """An HDF5 file of entries that all share one settings record.
 
     Opening a new file stores ``settings``; opening an existing one checks that its stored
     settings equal ``settings`` and raises ``CacheSettingsError`` naming the differences if not.
+    A key that is missing on one side and None on the other counts as equal, so a setting added
+    later with a None default does not invalidate older caches.
     """
 
     def __init__(self, path: str | Path, settings: dict[str, Any]):
@@ -57,7 +64,7 @@ class FeatureCache:
             self._file.flush()
             return
         stored = json.loads(stored)
-        if stored != self.settings:
+        if without_nulls(stored) != without_nulls(self.settings):
             keys = sorted(set(stored) | set(self.settings))
             diffs = [
                 f"{k}: cache has {stored.get(k)!r}, requested {self.settings.get(k)!r}"

@@ -7,6 +7,9 @@ centre-cropped to ``crop_size`` squared and cut into clips of ``clip_length`` fr
 after the last full clip are not used. A video shorter than one clip gives one clip, padded with
 copies of its last frame.
 
+With a PCA model (``pca_dims`` set, layer fc7), the 4096-d features are reduced as the public
+ActivityNet C3D features were (see ``hsc.extract.pca``).
+
 Decoding (``open_clip_reader`` and ``ClipReader.batches``, which yield uint8 clip batches) is
 kept apart from the network forward (``compute_features``), so that decoding can move to another
 process without touching the model code.
@@ -14,6 +17,7 @@ process without touching the model code.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,12 +27,20 @@ from typing import Any
 
 import av
 import decord
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hsc.extract.c3d import C3D, FEATURE_LAYERS, clips_to_input, load_c3d
-from hsc.extract.cache import BatchSummary, FeatureCache, InvalidInputError, run_batch
+from hsc.extract.c3d import C3D, FEATURE_DIM, FEATURE_LAYERS, clips_to_input, load_c3d
+from hsc.extract.cache import (
+    SETTINGS_ATTR,
+    BatchSummary,
+    FeatureCache,
+    InvalidInputError,
+    run_batch,
+)
+from hsc.extract.pca import PCAProjection, load_pca
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +61,8 @@ class VideoSettings:
     clip_length: int = 16
     clip_stride: int = 8
     layer: str = "fc6"
+    # Principal components kept after PCA, or None to store the 4096-d activations.
+    pca_dims: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("frame_height", "frame_width", "crop_size", "clip_length", "clip_stride"):
@@ -64,9 +78,43 @@ class VideoSettings:
             )
         if self.layer not in FEATURE_LAYERS:
             raise ValueError(f"invalid C3D layer {self.layer!r}: expected one of {FEATURE_LAYERS}")
+        self._check_pca_dims()
 
-    def to_dict(self, weights_description: str) -> dict[str, Any]:
-        """Return the settings record stored in a video cache's root attribute ``settings``."""
+    def _check_pca_dims(self) -> None:
+        dims = self.pca_dims
+        if dims is None:
+            return
+        if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= FEATURE_DIM:
+            raise ValueError(
+                f"invalid video setting pca_dims={dims!r}: expected an integer from 1 to "
+                f"{FEATURE_DIM}, or None"
+            )
+        # The public PCA model was fit on fc7 activations, so it means nothing for fc6.
+        if self.layer != "fc7":
+            raise ValueError(
+                f"invalid video settings: PCA reduction applies to fc7 features, the layer the "
+                f"public PCA model was fit on, but the layer is {self.layer!r}. Use layer fc7 "
+                "(hsc extract-video --layer fc7)."
+            )
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of each stored clip feature: ``pca_dims`` after PCA, else 4096."""
+        return self.pca_dims if self.pca_dims is not None else FEATURE_DIM
+
+    def to_dict(
+        self, weights_description: str, pca_description: str | None = None
+    ) -> dict[str, Any]:
+        """Return the settings record stored in a video cache's root attribute ``settings``.
+
+        ``pca_description`` names the PCA file (``"<file name> sha256=<16 hex>"``) and must be
+        given exactly when ``pca_dims`` is set.
+        """
+        if (pca_description is None) != (self.pca_dims is None):
+            raise ValueError(
+                f"inconsistent PCA settings: pca_dims is {self.pca_dims!r} but the PCA "
+                f"description is {pca_description!r}; give both or neither"
+            )
         return {
             "kind": "video",
             "model": "c3d",
@@ -77,28 +125,32 @@ class VideoSettings:
             "clip_length": self.clip_length,
             "clip_stride": self.clip_stride,
             "weights": weights_description,
+            "pca": pca_description,
+            "pca_dims": self.pca_dims,
         }
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> VideoSettings:
-        """Build settings from a record made by ``to_dict``; ``weights`` is not part of them."""
+        """Build settings from a record made by ``to_dict``; ``weights`` and ``pca`` are not
+        part of them. A record without ``pca_dims``, written before PCA support, means no PCA."""
         if record.get("kind") != "video" or record.get("model") != "c3d":
             raise ValueError(
                 f"invalid video settings record: expected kind 'video' and model 'c3d', got "
                 f"kind {record.get('kind')!r} and model {record.get('model')!r}"
             )
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name != "pca_dims"]
         missing = [name for name in names if name not in record]
         if missing:
             raise ValueError(f"invalid video settings record: missing {', '.join(missing)}")
-        return cls(**{name: record[name] for name in names})
+        values = {name: record[name] for name in names}
+        return cls(**values, pca_dims=record.get("pca_dims"))
 
 
 @dataclass(frozen=True)
 class VideoFeatures:
     """C3D features of one video with the time span of each clip."""
 
-    features: np.ndarray  # (clips, 4096) float32
+    features: np.ndarray  # (clips, 4096) float32, or (clips, pca_dims) after PCA
     clip_times: np.ndarray  # (clips, 2) float64 start and end in seconds
     fps: float
     num_frames: int
@@ -379,28 +431,35 @@ def extract_video(
     settings: VideoSettings,
     device: str = "cpu",
     batch_size: int = 8,
+    pca: PCAProjection | None = None,
 ) -> VideoFeatures:
-    """Decode one video and compute the C3D features of its clips.
+    """Decode one video and compute the C3D features of its clips, reduced by ``pca`` if given.
 
+    ``pca`` must be given exactly when ``settings.pca_dims`` is set, with that many components.
     If decord opens the file but fails part way, the whole video is decoded again with PyAV,
     so every clip of one video comes from one decoder.
     """
     _check_c3d_settings(settings)
+    _check_pca(settings, pca)
     path = Path(path)
     reader = open_clip_reader(path, settings)
     try:
-        return _extract_with(reader, model, device, batch_size)
+        return _extract_with(reader, model, device, batch_size, pca)
     except DecodeError as error:
         if reader.decoder != "decord":
             raise
         log.warning("%s; decoding %s again with PyAV", error, path)
-    return _extract_with(open_clip_reader(path, settings, "pyav"), model, device, batch_size)
+    return _extract_with(open_clip_reader(path, settings, "pyav"), model, device, batch_size, pca)
 
 
-def _extract_with(reader: ClipReader, model: C3D, device: str, batch_size: int) -> VideoFeatures:
+def _extract_with(
+    reader: ClipReader, model: C3D, device: str, batch_size: int, pca: PCAProjection | None
+) -> VideoFeatures:
     with reader:
         batches = reader.batches(batch_size)
         features = compute_features(model, batches, reader.settings.layer, device)
+    if pca is not None:
+        features = pca.project(features)
     duration = reader.duration
     return VideoFeatures(
         features=features,
@@ -439,17 +498,25 @@ def extract_videos(
     device: str = "cpu",
     batch_size: int = 8,
     progress: Callable[[str], None] | None = None,
+    pca: Path | None = None,
 ) -> BatchSummary:
     """Extract C3D features of ``paths`` into the video cache ``out``, keyed by file stem.
 
-    Videos already complete in ``out`` are skipped and interrupted ones are redone. One video
-    failing (unreadable, or a file stem already taken by an earlier path) is recorded in the
-    summary and the others go on. Raises ``CacheSettingsError`` if ``out`` was written with
-    other settings or weights.
+    ``pca`` is a PCA file (see ``hsc.extract.pca.load_pca``), required exactly when
+    ``settings.pca_dims`` is set. Videos already complete in ``out`` are skipped and
+    interrupted ones are redone. One video failing (unreadable, or a file stem already taken by
+    an earlier path) is recorded in the summary and the others go on. Raises
+    ``CacheSettingsError`` if ``out`` was written with other settings, weights or PCA file.
     """
     _check_c3d_settings(settings)
     if batch_size < 1:
         raise ValueError(f"invalid batch_size {batch_size}: expected >= 1")
+    if (pca is None) != (settings.pca_dims is None):
+        raise ValueError(
+            f"inconsistent PCA settings: pca_dims is {settings.pca_dims!r} but the PCA file is "
+            f"{pca!r}; pass a PCA file exactly when pca_dims is set"
+        )
+    projection = load_pca(pca, settings.pca_dims) if pca is not None else None
     model, weights_description = load_c3d(weights, device)
 
     first_path: dict[str, Path] = {}
@@ -468,7 +535,7 @@ def extract_videos(
             first_path[path.stem] = path
 
     def compute(video_id: str, path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        result = extract_video(path, model, settings, device, batch_size)
+        result = extract_video(path, model, settings, device, batch_size, projection)
         log.info(
             "%s: %d clips from %d frames (%s)",
             video_id,
@@ -486,7 +553,9 @@ def extract_videos(
         }
         return arrays, attrs
 
-    with FeatureCache(out, settings.to_dict(weights_description)) as cache:
+    pca_description = projection.description if projection is not None else None
+    record = settings.to_dict(weights_description, pca_description)
+    with FeatureCache(out, record) as cache:
         summary = run_batch(cache, first_path.items(), compute, progress)
     for video_id, message in duplicates:
         log.error("%s: %s", video_id, message)
@@ -501,6 +570,16 @@ def _check_c3d_settings(settings: VideoSettings) -> None:
         raise ValueError(
             f"invalid video settings for C3D: clip_length {settings.clip_length} and crop_size "
             f"{settings.crop_size}, expected {C3D_CLIP_LENGTH} and {C3D_CROP_SIZE}"
+        )
+
+
+def _check_pca(settings: VideoSettings, pca: PCAProjection | None) -> None:
+    expected = settings.pca_dims
+    given = pca.dims if pca is not None else None
+    if expected != given:
+        raise ValueError(
+            f"inconsistent PCA settings: pca_dims is {expected!r} but the PCA projection keeps "
+            f"{given!r} components"
         )
 
 

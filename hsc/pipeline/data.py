@@ -1,10 +1,15 @@
 """Datasets that pair a text cache with a video cache, and batching with masks.
 
-A paragraph's ``video`` attribute names its video. The video cache may be one written by
-``hsc extract-video`` (a group per video holding ``features``), the public ActivityNet-Captions
-C3D file (a group per video holding ``c3d_features``) or the public TACoS C3D file (one dataset
-per video at the root). A video id is looked up as given, then without its file extension, so
-TACoS ids such as ``s13-d21.avi`` find the dataset ``s13-d21``.
+A paragraph's ``video`` attribute names its video. Three video cache layouts are read:
+
+- a cache from ``hsc extract-video``: a group per video with the dataset ``features``;
+- the public ActivityNet-Captions file ``sub_activitynet_v1-3.c3d.hdf5``: a group per video
+  with the dataset ``c3d_features`` (500-d);
+- the public TACoS file ``tall_c3d_features.hdf5``: one 4096-d dataset per video at the root.
+
+A video id is looked up as given, then without its file extension, so the TACoS id
+``s13-d21.avi`` finds a dataset named ``s13-d21.avi`` or ``s13-d21``. ``docs/features.md``
+describes the public files.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from hsc.extract.cache import COMPLETE_ATTR, InvalidInputError
+from hsc.extract.cache import COMPLETE_ATTR, SETTINGS_ATTR, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,14 @@ def resample_clips(features: np.ndarray, num_clips: int) -> np.ndarray:
     return np.stack([features[s:e].mean(0) for s, e in zip(starts, ends)]).astype(np.float32)
 
 
+def prepare_clips(features: np.ndarray, num_clips: int, normalize: bool) -> np.ndarray:
+    """Optionally L2-normalise each clip feature, then resample to at most ``num_clips`` clips."""
+    if normalize:
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        features = features / np.maximum(norms, 1e-12)
+    return resample_clips(features.astype(np.float32), num_clips)
+
+
 def video_id_candidates(video_id: str) -> list[str]:
     """Return the keys under which ``video_id`` may be stored in a video cache."""
     candidates = [video_id]
@@ -51,25 +64,53 @@ def video_id_candidates(video_id: str) -> list[str]:
 
 
 class VideoFeatureStore:
-    """Read-only access to clip features in any of the supported video cache layouts."""
+    """Read-only access to clip features in any of the supported video cache layouts.
+
+    Raises ``InvalidInputError`` when the file is missing, is not HDF5, or contains features of
+    different sizes.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_file():
             raise InvalidInputError(f"video feature file not found: {self.path}")
+        if not h5py.is_hdf5(self.path):
+            raise InvalidInputError(
+                f"video feature file {self.path} is not HDF5: expected a cache from hsc "
+                "extract-video or a public C3D feature file"
+            )
         self._file: h5py.File | None = None
         with h5py.File(self.path, "r") as f:
-            self.keys = {k for k in f.keys() if self._is_usable(f[k])}
-            sample = next(iter(self.keys), None)
-            self.dim = self._read(f, sample).shape[1] if sample is not None else 0
+            # Only caches written by hsc carry a settings record. In them, an entry without
+            # the complete mark was interrupted; the public files have no such mark.
+            needs_mark = SETTINGS_ATTR in f.attrs
+            dims: dict[int, str] = {}
+            self.keys: set[str] = set()
+            for key, node in f.items():
+                dataset = self._features_of(node, needs_mark)
+                if dataset is not None:
+                    self.keys.add(key)
+                    dims.setdefault(dataset.shape[1], key)
+        if len(dims) > 1:
+            examples = ", ".join(f"{key} is {dim}-d" for dim, key in sorted(dims.items()))
+            raise InvalidInputError(
+                f"{self.path} mixes clip features of different sizes ({examples}); use a file "
+                "whose videos were all extracted with the same settings"
+            )
+        self.dim = next(iter(dims), 0)
 
     @staticmethod
-    def _is_usable(node: h5py.Group | h5py.Dataset) -> bool:
+    def _features_of(node: h5py.Group | h5py.Dataset, needs_mark: bool) -> h5py.Dataset | None:
+        """Return the (clips, dim) dataset of one entry, or None when the entry has none."""
         if isinstance(node, h5py.Dataset):
-            return node.ndim == 2
-        if COMPLETE_ATTR in node.attrs and not node.attrs[COMPLETE_ATTR]:
-            return False
-        return any(name in node for name in FEATURE_DATASETS)
+            return node if node.ndim == 2 else None
+        if needs_mark and not node.attrs.get(COMPLETE_ATTR, False):
+            return None
+        for name in FEATURE_DATASETS:
+            dataset = node.get(name)
+            if isinstance(dataset, h5py.Dataset) and dataset.ndim == 2:
+                return dataset
+        return None
 
     @staticmethod
     def _read(f: h5py.File, key: str) -> np.ndarray:
@@ -89,6 +130,7 @@ class VideoFeatureStore:
         return None
 
     def read(self, key: str) -> np.ndarray:
+        """Return the (clips, dim) float32 features stored under ``key``."""
         # Opened on first use so that each data-loader worker gets its own handle.
         if self._file is None:
             self._file = h5py.File(self.path, "r")
@@ -121,10 +163,11 @@ class ParagraphDataset(Dataset):
     counts them; a pair of caches with no paragraph in common raises ``InvalidInputError``.
     """
 
-    def __init__(self, video_path: str | Path, text_path: str | Path, num_clips: int):
+    def __init__(self, video_path: str | Path, text_path: str | Path, num_clips: int, normalize_clips: bool = False):
         self.videos = VideoFeatureStore(video_path)
         self.text_path = Path(text_path)
         self.num_clips = num_clips
+        self.normalize_clips = normalize_clips
         if not self.text_path.is_file():
             raise InvalidInputError(f"text feature file not found: {self.text_path}")
         self._text: h5py.File | None = None
@@ -174,7 +217,7 @@ class ParagraphDataset(Dataset):
             id=key,
             video=str(group.attrs["video"]),
             duration=duration,
-            clips=resample_clips(self.videos.read(video_key), self.num_clips),
+            clips=prepare_clips(self.videos.read(video_key), self.num_clips, self.normalize_clips),
             word_vectors=group["word_vectors"][()].astype(np.float32),
             word_sentence=group["word_sentence"][()].astype(np.int64),
             spans=spans,

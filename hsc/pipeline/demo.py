@@ -103,7 +103,7 @@ def run_demo(
 
     # 4. Test metrics against the even-split baseline.
     model, payload = load_checkpoint(run_dir / "best.pt", device)
-    test_set = ParagraphDataset(video_cache, text_caches["test"], train_config.num_clips)
+    test_set = ParagraphDataset(video_cache, text_caches["test"], train_config.num_clips, train_config.normalize_clips)
     records = predict(model, make_loader(test_set, train_config.batch_size, shuffle=False), device)
     thresholds = train_config.iou_thresholds
     metrics = records_metrics(records, thresholds, train_config.iou_strict)

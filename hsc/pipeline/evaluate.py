@@ -1,8 +1,17 @@
 """Grounding metrics and prediction records.
 
 Metrics are averaged over all sentences of a split, as in the VPG literature: R@m is the share
-of sentences whose predicted span has IoU >= m with the ground truth (``strict=True`` counts
-IoU > m instead), and mIoU is the mean IoU.
+of sentences whose predicted span has IoU > m with the ground truth (``strict=True``) or
+IoU >= m (``strict=False``), and mIoU is the mean IoU.
+
+Training and ``hsc evaluate`` use ``TrainConfig.iou_strict``, True by default, because the
+public evaluators of the methods HSCNet is compared with count a hit at IoU > m:
+
+- PRVG (MCG-NJU/PRVG, ``lib/core/eval.py``): ``np.count_nonzero(overlap > t)``.
+- DepNet (baopj/DenseEventsGrounding, ``DepNet_ANet_Release/lib/core/eval.py``) and 2D-TAN
+  (microsoft/VideoX, ``lib/core/eval.py`` of the 2D-TAN code): ``(overlap > t)[:r].any()``.
+
+The two conventions differ only for predictions whose IoU equals a threshold exactly.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ IOU_THRESHOLDS = {
 
 
 def grounding_metrics(
-    predictions: np.ndarray, ground_truth: np.ndarray, thresholds: Sequence[float], strict: bool = False
+    predictions: np.ndarray, ground_truth: np.ndarray, thresholds: Sequence[float], strict: bool = True
 ) -> dict[str, float]:
     """Return ``R@m`` for each threshold and ``mIoU``, in percent, over (N, 2) spans in seconds."""
     predictions = np.asarray(predictions, dtype=np.float64).reshape(-1, 2)
@@ -46,7 +55,7 @@ def grounding_metrics(
     return metrics
 
 
-def records_metrics(records: Iterable[dict[str, Any]], thresholds: Sequence[float], strict: bool = False) -> dict[str, float]:
+def records_metrics(records: Iterable[dict[str, Any]], thresholds: Sequence[float], strict: bool = True) -> dict[str, float]:
     """Return the metrics of prediction records (see ``predict``) over all their sentences."""
     predictions, ground_truth = [], []
     for record in records:

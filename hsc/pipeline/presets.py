@@ -25,8 +25,12 @@ class TrainConfig:
     # Gradient-norm clip. HSCNet's publication gives none; clipping guards the LSTMs early on.
     grad_clip: float = 1.0
     seed: int = 0
-    # Count a recall hit at IoU > m instead of IoU >= m.
-    iou_strict: bool = False
+    # L2-normalise each clip feature before resampling, as the evaluated code of 2D-TAN, DepNet
+    # and PRVG does for the public C3D features (their configs set NORMALIZE: True).
+    normalize_clips: bool = False
+    # Count a recall hit at IoU > m (True) or IoU >= m (False). The public evaluators of
+    # 2D-TAN, DepNet and PRVG count IoU > m; see hsc/pipeline/evaluate.py.
+    iou_strict: bool = True
 
     def __post_init__(self) -> None:
         if self.dataset not in (*IOU_THRESHOLDS, "custom"):
@@ -64,11 +68,11 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "activitynet": Preset(
         HSCNetConfig(word_layers=1, sentence_layers=1, paragraph_layers=1),
-        TrainConfig(dataset="activitynet", num_clips=256, batch_size=32, epochs=20),
+        TrainConfig(dataset="activitynet", num_clips=256, batch_size=32, epochs=20, normalize_clips=True),
     ),
     "tacos": Preset(
         HSCNetConfig(word_layers=3, sentence_layers=3, paragraph_layers=3),
-        TrainConfig(dataset="tacos", num_clips=512, batch_size=16, epochs=60),
+        TrainConfig(dataset="tacos", num_clips=512, batch_size=16, epochs=60, normalize_clips=True),
     ),
     # Small enough to train in a minute or two on a 2-core CPU, for `hsc demo` and tests.
     "demo": Preset(

@@ -166,8 +166,8 @@ def train(
         log.info("resuming from %s after epoch %d", last_path, payload["epoch"])
 
     seed_everything(train_config.seed)
-    train_set = ParagraphDataset(train_video, train_text, train_config.num_clips)
-    val_set = ParagraphDataset(val_video, val_text, train_config.num_clips)
+    train_set = ParagraphDataset(train_video, train_text, train_config.num_clips, train_config.normalize_clips)
+    val_set = ParagraphDataset(val_video, val_text, train_config.num_clips, train_config.normalize_clips)
     if payload is None:
         model_config = HSCNetConfig.from_dict(
             {**model_config.to_dict(), "video_dim": train_set.video_dim, "word_dim": train_set.word_dim}
