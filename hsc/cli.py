@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -30,11 +31,22 @@ log = logging.getLogger("hsc")
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
+    # Debug messages of hsc only: those of h5py and other libraries are noise to a user.
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def check_device(device: str) -> str:
+    """Return ``device`` if this torch build can use it, else raise ``ValueError`` with the fix."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} requested, but this torch build has no usable CUDA; use --device cpu")
+    return device
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,7 +60,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except (InvalidInputError, CacheSettingsError, CheckpointError, FileNotFoundError, ValueError) as error:
-            err_console.print(f"[red]error:[/red] {error}")
+            err_console.print(f"[red]error:[/red] {escape(str(error))}")
             raise typer.Exit(2) from error
 
     return wrapper
@@ -73,7 +85,7 @@ def report_batch(summary: Any, what: str) -> None:
         f"{len(summary.failed)} failed"
     )
     for key, reason in summary.failed:
-        err_console.print(f"[red]failed[/red] {key}: {reason}")
+        err_console.print(f"[red]failed[/red] {escape(key)}: {escape(reason)}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -93,6 +105,7 @@ def extract_video_command(
     pca_dims: Annotated[int, typer.Option(help="Principal components kept with --pca (500 in the public ActivityNet features).")] = 500,
 ) -> None:
     """Decode videos, cut 16-frame clips and store their C3D features."""
+    check_device(device)
     from hsc.extract.video import VideoSettings, extract_videos, find_videos
 
     settings = VideoSettings(
@@ -118,12 +131,15 @@ def extract_text_command(
 
     result = extract_text(annotations, out, vectors_path=vectors)
     for key, reason in result.rejected:
-        err_console.print(f"[yellow]rejected[/yellow] {key}: {reason}")
+        err_console.print(f"[yellow]rejected[/yellow] {escape(key)}: {escape(reason)}")
     console.print(
         f"{annotations} ({result.format}): {result.words} words, {result.oov_words} out of vocabulary "
         f"({100 * result.oov_rate:.2f}% out-of-vocabulary rate)"
     )
     report_batch(result.summary, f"paragraphs in {out}")
+    if result.rejected:
+        err_console.print(f"{len(result.rejected)} entries of {escape(str(annotations))} were rejected; fix them and rerun")
+        raise typer.Exit(1)
 
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
@@ -160,6 +176,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt with its stored settings; --epochs may raise the epoch count.")] = False,
 ) -> None:
     """Train HSCNet on cached features, validating every epoch."""
+    check_device(device)
     from hsc.pipeline.presets import get_preset, override
     from hsc.pipeline.train import train as run_training
 
@@ -212,12 +229,14 @@ def evaluate(
     baseline: Annotated[bool, typer.Option(help="Also report the even-split baseline.")] = True,
 ) -> None:
     """Report R@IoU and mIoU of a checkpoint on one split."""
+    check_device(device)
     from hsc.pipeline.data import ParagraphDataset
     from hsc.pipeline.evaluate import even_split_records, predict, records_metrics, write_predictions
     from hsc.pipeline.presets import TrainConfig
-    from hsc.pipeline.train import load_checkpoint, make_loader
+    from hsc.pipeline.train import check_checkpoint_caches, load_checkpoint, make_loader
 
     model, payload = load_checkpoint(checkpoint, device)
+    check_checkpoint_caches(payload, checkpoint, video, text)
     train_config = TrainConfig.from_dict(payload["train_config"])
     strict = train_config.iou_strict if strict_iou is None else strict_iou
     dataset = ParagraphDataset(video, text, train_config.num_clips, train_config.normalize_clips)
@@ -246,6 +265,7 @@ def ground(
     device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
 ) -> None:
     """Find the start and end of each sentence of a paragraph in a video."""
+    check_device(device)
     from hsc.pipeline.ground import ground_paragraph
 
     result = ground_paragraph(

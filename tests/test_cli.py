@@ -178,3 +178,50 @@ def test_train_rejects_unknown_preset(tmp_path):
     )
     assert result.exit_code == 2
     assert "unknown preset" in flat(result)
+
+
+def test_evaluate_rejects_cache_with_other_settings(workspace, trained, tmp_path):
+    import h5py
+
+    other = tmp_path / "video.h5"
+    other.write_bytes((workspace / "video.h5").read_bytes())
+    with h5py.File(other, "a") as f:
+        settings = json.loads(f.attrs["settings"])
+        settings["clip_stride"] = 16
+        f.attrs["settings"] = json.dumps(settings)
+    result = invoke(
+        "evaluate", "--checkpoint", workspace / "run" / "best.pt", "--video", other, "--text", workspace / "text.h5",
+    )
+    assert result.exit_code == 2
+    assert "clip_stride" in flat(result)
+
+
+def test_error_keeps_square_brackets(workspace, trained):
+    result = invoke(
+        "ground", workspace / "videos" / "clip_a.mp4", workspace / "[red]p.txt",
+        "--checkpoint", workspace / "run" / "best.pt",
+    )
+    assert result.exit_code == 2
+    assert "[red]p.txt" in flat(result)
+
+
+def test_cuda_device_without_cuda_is_clear(workspace, trained):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = invoke("evaluate", "--checkpoint", "x.pt", "--video", "v.h5", "--text", "t.h5", "--device", "cuda:0")
+    assert result.exit_code == 2
+    assert "--device cpu" in flat(result)
+
+
+def test_extract_text_rejected_entries_exit_nonzero(tmp_path):
+    annotations = tmp_path / "a.json"
+    annotations.write_text(json.dumps({
+        "good": {"duration": 4.0, "timestamps": [[0, 1]], "sentences": ["A red circle."]},
+        "bad": {"timestamps": [[0, 1]], "sentences": ["A blue square."]},
+    }))
+    result = invoke("extract-text", annotations, "--out", tmp_path / "t.h5")
+    assert result.exit_code == 1
+    assert "1 written" in flat(result)
+    assert "rejected" in flat(result)

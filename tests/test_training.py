@@ -135,3 +135,56 @@ def test_normalize_clips_reaches_the_checkpoint(tmp_path):
     run(tmp_path / "run", caches, config=config)
     _, payload = load_checkpoint(tmp_path / "run" / "best.pt")
     assert payload["train_config"]["normalize_clips"] is True
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path):
+    caches = write_caches(tmp_path)
+    run(tmp_path / "run", caches)
+    with pytest.raises(CheckpointError, match="--resume"):
+        run(tmp_path / "run", caches)
+
+
+def test_train_rejects_splits_with_other_settings(tmp_path):
+    video, text = write_caches(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    other_video, _ = write_caches(other)
+    with h5py.File(other_video, "a") as f:
+        f.attrs["settings"] = json.dumps({"kind": "video", "model": "random", "clip_stride": 16})
+    with pytest.raises(InvalidInputError, match="clip_stride"):
+        train(video, text, other_video, text, tmp_path / "run", MODEL, TRAINING)
+
+
+def test_text_cache_as_video_cache_is_named(tmp_path):
+    from hsc.pipeline.data import ParagraphDataset
+
+    _, text = write_caches(tmp_path)
+    with pytest.raises(InvalidInputError, match="is a text cache"):
+        ParagraphDataset(text, text, 4)
+
+
+def test_video_cache_as_text_cache_is_named(tmp_path):
+    from hsc.pipeline.data import ParagraphDataset
+
+    video, _ = write_caches(tmp_path)
+    with pytest.raises(InvalidInputError, match="is not a text cache"):
+        ParagraphDataset(video, video, 4)
+
+
+def test_non_hdf5_cache_is_named(tmp_path):
+    from hsc.pipeline.data import ParagraphDataset
+
+    video, _ = write_caches(tmp_path)
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not hdf5")
+    with pytest.raises(InvalidInputError, match="not a readable HDF5 file"):
+        ParagraphDataset(video, bad, 4)
+
+
+def test_checkpoint_that_is_text_is_named(tmp_path):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("notes")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)

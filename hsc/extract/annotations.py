@@ -110,12 +110,16 @@ def read_annotations(
 
 
 def _load_json(path: Path) -> Any:
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder; pass the annotation JSON file itself")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidInputError(
             f"annotation file not found: {path}. Check the path.\n{ACCEPTED_FORMATS}"
         ) from None
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(f"{path} is not UTF-8 text ({error}); pass a JSON annotation file") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:

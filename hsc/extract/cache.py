@@ -57,7 +57,7 @@ class FeatureCache:
         self.path = Path(path)
         self.settings = json.loads(json.dumps(settings))  # normalise tuples to lists
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.path, "a")
+        self._file = open_hdf5(self.path, "a")
         stored = self._file.attrs.get(SETTINGS_ATTR)
         if stored is None:
             self._file.attrs[SETTINGS_ATTR] = json.dumps(self.settings, sort_keys=True)
@@ -158,9 +158,22 @@ def run_batch(
     return summary
 
 
+def open_hdf5(path: str | Path, mode: str = "r") -> h5py.File:
+    """Open an HDF5 file, raising ``InvalidInputError`` that names the file when that fails."""
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder; pass an HDF5 file path")
+    if mode == "r" and not path.is_file():
+        raise InvalidInputError(f"feature file not found: {path}")
+    try:
+        return h5py.File(path, mode)
+    except OSError as error:
+        raise InvalidInputError(f"{path} is not a readable HDF5 file ({error}); pass a cache written by hsc") from None
+
+
 def read_settings(path: str | Path) -> dict[str, Any]:
     """Return the settings record of the cache at ``path`` ({} for a file without one)."""
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         stored = f.attrs.get(SETTINGS_ATTR)
     return json.loads(stored) if stored is not None else {}
 

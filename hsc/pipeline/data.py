@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from hsc.extract.cache import COMPLETE_ATTR, SETTINGS_ATTR, InvalidInputError
+from hsc.extract.cache import COMPLETE_ATTR, SETTINGS_ATTR, InvalidInputError, read_settings
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,10 @@ class ParagraphDataset(Dataset):
     """
 
     def __init__(self, video_path: str | Path, text_path: str | Path, num_clips: int, normalize_clips: bool = False):
+        if Path(video_path).is_file() and read_settings(video_path).get("kind") == "text":
+            raise InvalidInputError(
+                f"{video_path} is a text cache; pass a video cache from hsc extract-video or a public C3D feature file"
+            )
         self.videos = VideoFeatureStore(video_path)
         self.text_path = Path(text_path)
         self.num_clips = num_clips
@@ -171,12 +175,18 @@ class ParagraphDataset(Dataset):
         if not self.text_path.is_file():
             raise InvalidInputError(f"text feature file not found: {self.text_path}")
         self._text: h5py.File | None = None
+        kind = read_settings(self.text_path).get("kind")
+        if kind != "text":
+            raise InvalidInputError(
+                f"{self.text_path} is not a text cache (its settings say kind={kind!r}); "
+                "pass a file written by hsc extract-text"
+            )
 
         self.items: list[tuple[str, str]] = []  # (paragraph id, video key)
         missing: list[str] = []
         with h5py.File(self.text_path, "r") as f:
             for key, group in f.items():
-                if not group.attrs.get(COMPLETE_ATTR, False):
+                if not isinstance(group, h5py.Group) or not group.attrs.get(COMPLETE_ATTR, False):
                     continue
                 video = str(group.attrs["video"])
                 resolved = self.videos.resolve(video)

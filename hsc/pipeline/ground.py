@@ -34,7 +34,14 @@ def read_paragraph(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"paragraph file not found: {path}")
-    sentences = split_paragraph(path.read_text(encoding="utf-8"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(f"{path} is not UTF-8 text ({error}); pass a plain-text paragraph file") from None
+    try:
+        sentences = split_paragraph(text)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{path}: {error}") from None
     if not sentences:
         raise InvalidInputError(f"{path} contains no sentence; write one sentence per line")
     return sentences
@@ -181,7 +188,15 @@ def ground_paragraph(
     sentences = read_paragraph(paragraph)
     word_vectors = load_word_vectors(vectors)
     check_same(text_settings.get("vectors", ""), word_vectors.description, "word vectors", "--vectors", checkpoint)
-    encoded = encode_paragraph(sentences, tokenize, word_vectors)
+    try:
+        encoded = encode_paragraph(sentences, tokenize, word_vectors)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{paragraph}: {error}") from None
+    if encoded.oov_words:
+        log.warning(
+            "%d of %d words of %s have no vector in %s; they enter the model as zeros",
+            encoded.oov_words, len(encoded.words), paragraph, word_vectors.description,
+        )
 
     # Video: the same decoder settings, C3D weights and PCA file as the training cache.
     c3d, weights_description = load_c3d(weights, device)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hsc import __version__
-from hsc.extract.cache import read_settings
+from hsc.extract.cache import InvalidInputError, read_settings, without_nulls
 from hsc.model.config import HSCNetConfig
 from hsc.model.hscnet import HSCNet
 from hsc.model.losses import Targets, hscnet_loss
@@ -107,18 +107,57 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[HSCNet, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint; returns the model (in eval mode) and the payload."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass a checkpoint file such as {path / 'best.pt'}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # noqa: BLE001 - torch raises many unrelated types for a bad file
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({first_line}); pass best.pt or last.pt of an hsc train run"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an hsc checkpoint (expected format {CHECKPOINT_FORMAT})")
     model = HSCNet(HSCNetConfig.from_dict(payload["model_config"])).to(device)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload
+
+
+def check_same_settings(kind: str, train_path: Path, val_path: Path) -> dict[str, Any]:
+    """Return the settings record shared by the training and validation caches of one kind.
+
+    Raises ``InvalidInputError`` when the two caches were made with different settings, since a
+    model trained on one kind of features is meaningless on another.
+    """
+    train_settings, val_settings = read_settings(train_path), read_settings(val_path)
+    if without_nulls(train_settings) != without_nulls(val_settings):
+        keys = sorted(set(train_settings) | set(val_settings))
+        diffs = [
+            f"{k}: {train_settings.get(k)!r} vs {val_settings.get(k)!r}"
+            for k in keys
+            if train_settings.get(k) != val_settings.get(k)
+        ]
+        raise InvalidInputError(
+            f"the {kind} caches {train_path} and {val_path} were made with different settings "
+            f"({'; '.join(diffs)}); extract both splits with the same settings"
+        )
+    return train_settings
+
+
+def check_checkpoint_caches(payload: dict[str, Any], checkpoint: Path, video: Path, text: Path) -> None:
+    """Raise ``InvalidInputError`` unless both caches were made with the checkpoint's settings."""
+    for kind, path in (("video", video), ("text", text)):
+        stored, current = payload[f"{kind}_settings"], read_settings(path)
+        if without_nulls(stored) != without_nulls(current):
+            keys = sorted(set(stored) | set(current))
+            diffs = [f"{k}: {stored.get(k)!r} vs {current.get(k)!r}" for k in keys if stored.get(k) != current.get(k)]
+            raise InvalidInputError(
+                f"{path} was made with other {kind} settings than {checkpoint} was trained on "
+                f"({'; '.join(diffs)}); extract this split with the training settings"
+            )
 
 
 @dataclass
@@ -155,6 +194,11 @@ def train(
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
 
     payload = None
+    if not resume and last_path.is_file():
+        raise CheckpointError(
+            f"{out_dir} already holds a run ({last_path}); pass --resume to continue it, "
+            "or choose a new --out folder"
+        )
     if resume:
         if not last_path.is_file():
             raise CheckpointError(f"--resume was given but {last_path} does not exist; start without --resume")
@@ -164,6 +208,16 @@ def train(
         if resume_epochs is not None:
             train_config = TrainConfig.from_dict({**train_config.to_dict(), "epochs": resume_epochs})
         log.info("resuming from %s after epoch %d", last_path, payload["epoch"])
+
+    video_settings = check_same_settings("video", train_video, val_video)
+    text_settings = check_same_settings("text", train_text, val_text)
+    if payload is not None:
+        for kind, current in (("video", video_settings), ("text", text_settings)):
+            if without_nulls(payload[f"{kind}_settings"]) != without_nulls(current):
+                raise CheckpointError(
+                    f"the {kind} cache settings differ from those {last_path} was trained on; "
+                    "resume with the caches of the original run"
+                )
 
     seed_everything(train_config.seed)
     train_set = ParagraphDataset(train_video, train_text, train_config.num_clips, train_config.normalize_clips)
@@ -196,8 +250,8 @@ def train(
     settings = {
         "model_config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
-        "video_settings": read_settings(train_video),
-        "text_settings": read_settings(train_text),
+        "video_settings": video_settings,
+        "text_settings": text_settings,
         "data": {k: str(v) for k, v in
                  {"train_video": train_video, "train_text": train_text, "val_video": val_video, "val_text": val_text}.items()},
         "version": __version__,
@@ -232,7 +286,7 @@ def train(
         save_checkpoint(last_path, checkpoint)
         if improved:
             save_checkpoint(best_path, checkpoint)
-        log.info("epoch %d: loss %.4f, validation %s", epoch, losses.get("total", float("nan")), metrics)
+        log.debug("epoch %d: loss %.4f, validation %s", epoch, losses.get("total", float("nan")), metrics)
         if on_epoch is not None:
             on_epoch(entry)
 
