@@ -29,7 +29,7 @@ class CacheSettingsError(ValueError):
 
 
 class InvalidInputError(ValueError):
-    """One input (a video, a paragraph) cannot be processed; the message says why and what to do."""
+    """One input (a video, a paragraph) cannot be processed; the message gives the reason and the fix."""
 
 
 def check_key(key: str) -> str:
@@ -39,9 +39,14 @@ def check_key(key: str) -> str:
     return key
 
 
-def without_nulls(record: dict[str, Any]) -> dict[str, Any]:
-    """Return ``record`` without its None values, so a missing key and a null key compare equal."""
-    return {k: v for k, v in record.items() if v is not None}
+def settings_differences(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    """Return ``"key: first vs second"`` for each setting that differs; empty when they match.
+
+    A key that is missing on one side and None on the other counts as equal, so a setting added
+    later with a None default does not invalidate older records.
+    """
+    keys = sorted(set(first) | set(second))
+    return [f"{k}: {first.get(k)!r} vs {second.get(k)!r}" for k in keys if first.get(k) != second.get(k)]
 
 
 class FeatureCache:
@@ -64,16 +69,11 @@ class FeatureCache:
             self._file.flush()
             return
         stored = json.loads(stored)
-        if without_nulls(stored) != without_nulls(self.settings):
-            keys = sorted(set(stored) | set(self.settings))
-            diffs = [
-                f"{k}: cache has {stored.get(k)!r}, requested {self.settings.get(k)!r}"
-                for k in keys
-                if stored.get(k) != self.settings.get(k)
-            ]
+        diffs = settings_differences(stored, self.settings)
+        if diffs:
             self._file.close()
             raise CacheSettingsError(
-                f"{self.path} was written with other settings ({'; '.join(diffs)}). "
+                f"{self.path} was written with other settings (cache vs requested: {'; '.join(diffs)}). "
                 "Write to a new --out file, or delete this one to start over."
             )
 
@@ -113,7 +113,7 @@ class FeatureCache:
 
 @dataclass
 class BatchSummary:
-    """What a batch run did: ids written, ids already complete, and failures with reasons."""
+    """Outcome of a batch run: ids written, ids already complete, and failures with reasons."""
 
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)

@@ -68,7 +68,7 @@ def records_metrics(records: Iterable[dict[str, Any]], thresholds: Sequence[floa
 def predict(model: nn.Module, loader: DataLoader, device: torch.device | str) -> list[dict[str, Any]]:
     """Run ``model`` over ``loader`` and return one record per paragraph, times in seconds.
 
-    A record holds ``id``, ``video``, ``duration``, ``sentences``, ground-truth ``timestamps`` and
+    A record contains ``id``, ``video``, ``duration``, ``sentences``, ground-truth ``timestamps`` and
     ``predictions``, each a list of ``[start, end]``.
     """
     was_training = model.training

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hsc import __version__
-from hsc.extract.cache import InvalidInputError, read_settings, without_nulls
+from hsc.extract.cache import InvalidInputError, read_settings, settings_differences
 from hsc.model.config import HSCNetConfig
 from hsc.model.hscnet import HSCNet
 from hsc.model.losses import Targets, hscnet_loss
@@ -133,13 +133,8 @@ def check_same_settings(kind: str, train_path: Path, val_path: Path) -> dict[str
     model trained on one kind of features is meaningless on another.
     """
     train_settings, val_settings = read_settings(train_path), read_settings(val_path)
-    if without_nulls(train_settings) != without_nulls(val_settings):
-        keys = sorted(set(train_settings) | set(val_settings))
-        diffs = [
-            f"{k}: {train_settings.get(k)!r} vs {val_settings.get(k)!r}"
-            for k in keys
-            if train_settings.get(k) != val_settings.get(k)
-        ]
+    diffs = settings_differences(train_settings, val_settings)
+    if diffs:
         raise InvalidInputError(
             f"the {kind} caches {train_path} and {val_path} were made with different settings "
             f"({'; '.join(diffs)}); extract both splits with the same settings"
@@ -151,9 +146,8 @@ def check_checkpoint_caches(payload: dict[str, Any], checkpoint: Path, video: Pa
     """Raise ``InvalidInputError`` unless both caches were made with the checkpoint's settings."""
     for kind, path in (("video", video), ("text", text)):
         stored, current = payload[f"{kind}_settings"], read_settings(path)
-        if without_nulls(stored) != without_nulls(current):
-            keys = sorted(set(stored) | set(current))
-            diffs = [f"{k}: {stored.get(k)!r} vs {current.get(k)!r}" for k in keys if stored.get(k) != current.get(k)]
+        diffs = settings_differences(stored, current)
+        if diffs:
             raise InvalidInputError(
                 f"{path} was made with other {kind} settings than {checkpoint} was trained on "
                 f"({'; '.join(diffs)}); extract this split with the training settings"
@@ -196,7 +190,7 @@ def train(
     payload = None
     if not resume and last_path.is_file():
         raise CheckpointError(
-            f"{out_dir} already holds a run ({last_path}); pass --resume to continue it, "
+            f"{out_dir} already contains a run ({last_path}); pass --resume to continue it, "
             "or choose a new --out folder"
         )
     if resume:
@@ -213,10 +207,11 @@ def train(
     text_settings = check_same_settings("text", train_text, val_text)
     if payload is not None:
         for kind, current in (("video", video_settings), ("text", text_settings)):
-            if without_nulls(payload[f"{kind}_settings"]) != without_nulls(current):
+            diffs = settings_differences(payload[f"{kind}_settings"], current)
+            if diffs:
                 raise CheckpointError(
-                    f"the {kind} cache settings differ from those {last_path} was trained on; "
-                    "resume with the caches of the original run"
+                    f"the {kind} cache settings differ from those {last_path} was trained on "
+                    f"({'; '.join(diffs)}); resume with the caches of the original run"
                 )
 
     seed_everything(train_config.seed)
