@@ -11,10 +11,10 @@ import pytest
 
 from hsc.extract.cache import InvalidInputError
 from hsc.pipeline import synthetic
+from hsc.pipeline.evaluate import even_split_records
 from hsc.pipeline.synthetic import (
     COLORS,
     SPLITS,
-    even_split_baseline,
     make_demo_dataset,
     render_paragraph,
     sample_paragraph,
@@ -219,11 +219,11 @@ def test_shapes_inside_visible_box() -> None:
 
 def test_even_split_baseline_imperfect() -> None:
     specs = [sample_paragraph(_rng(index)) for index in range(300)]
-    predictions = even_split_baseline([s.duration for s in specs], [len(s.events) for s in specs])
+    records = [{"duration": s.duration, "timestamps": s.timestamps, "predictions": []} for s in specs]
     ious = [
-        _iou(predicted, true)
-        for spec, spans in zip(specs, predictions)
-        for predicted, true in zip(spans, spec.timestamps)
+        _iou(np.asarray(predicted), true)
+        for spec, record in zip(specs, even_split_records(records))
+        for predicted, true in zip(record["predictions"], spec.timestamps)
     ]
     assert 0.3 <= np.mean(ious) <= 0.5
 
@@ -318,19 +318,3 @@ def test_write_video_rejects_float_frames(tmp_path: Path) -> None:
     frames = np.zeros((4, 32, 32, 3), dtype=np.float32)
     with pytest.raises(InvalidInputError, match="uint8"):
         write_video(tmp_path / "float.mp4", frames, 8.0)
-
-
-def test_even_split_baseline_spans() -> None:
-    spans = even_split_baseline([9.0, 4.0], [3, 1])
-    assert np.allclose(spans[0], [[0.0, 3.0], [3.0, 6.0], [6.0, 9.0]])
-    assert np.allclose(spans[1], [[0.0, 4.0]])
-
-
-def test_even_split_baseline_length_mismatch() -> None:
-    with pytest.raises(InvalidInputError, match="durations"):
-        even_split_baseline([9.0, 4.0], [3])
-
-
-def test_even_split_baseline_zero_sentences() -> None:
-    with pytest.raises(InvalidInputError, match="sentence"):
-        even_split_baseline([9.0], [0])

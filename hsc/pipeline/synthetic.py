@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -403,29 +403,6 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-
-
-def even_split_baseline(durations: Sequence[float], num_sentences: Sequence[int]) -> list[np.ndarray]:
-    """Split each video evenly among its sentences, in order: sentence i gets [i*d/n, (i+1)*d/n].
-
-    Returns one float64 array of shape (n, 2), in seconds, per video. This is the baseline the
-    demo compares a trained model against.
-    """
-    if len(durations) != len(num_sentences):
-        raise InvalidInputError(
-            f"got {len(durations)} durations and {len(num_sentences)} sentence counts; "
-            "expected one of each per video"
-        )
-    spans = []
-    for duration, count in zip(durations, num_sentences):
-        if not duration > 0 or count < 1:
-            raise InvalidInputError(
-                f"duration {duration} s with {count} sentences; expected a positive duration "
-                "and at least one sentence"
-            )
-        edges = np.linspace(0.0, float(duration), int(count) + 1)
-        spans.append(np.stack([edges[:-1], edges[1:]], axis=1))
-    return spans
 
 
 def _video_id(split: str, index: int) -> str:
