@@ -245,8 +245,11 @@ def evaluate(
     rows = {"HSCNet": metrics}
     if baseline:
         rows["even split"] = records_metrics(even_split_records(records), train_config.iou_thresholds, strict)
-    settings = {"checkpoint": str(checkpoint), "video": str(video), "text": str(text), "iou_strict": strict}
-    write_predictions(out, records, metrics, settings)
+    settings = {
+        "checkpoint": str(checkpoint), "video": str(video), "text": str(text),
+        "iou_thresholds": list(train_config.iou_thresholds), "iou_strict": strict,
+    }
+    write_predictions(out, records, metrics, settings, rows.get("even split"))
     console.print(metrics_table(f"{len(records)} paragraphs, {sum(len(r['timestamps']) for r in records)} sentences", rows))
     console.print(f"predictions written to {out}")
 

@@ -107,6 +107,8 @@ def test_evaluate_writes_predictions(workspace, trained):
     written = json.loads(out.read_text())
     assert set(written["metrics"]) == {"R@0.3", "R@0.5", "R@0.7", "mIoU"}
     assert len(written["predictions"]) == 3
+    assert set(written["even_split"]) == set(written["metrics"])
+    assert written["settings"]["iou_thresholds"] == [0.3, 0.5, 0.7]
     assert "even split" in flat(result)
 
 

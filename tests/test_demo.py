@@ -24,4 +24,4 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     # The rerun reused the first run's epoch and trained one more.
     history = (tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(history) == 2
-    assert any(line.startswith("train (2 epochs)") for line in lines)
+    assert "train (1 of 2 epochs, the rest done by an earlier run)" in [line.split(":")[0] for line in lines]

@@ -93,13 +93,22 @@ def run_demo(
     train_config = override(preset.train, {"epochs": epochs, "seed": seed})
     run_dir = out / "run"
     resume = (run_dir / "last.pt").is_file()
+    trained = []  # epochs run by this call; a resumed demo may have none left
+
+    def on_epoch(entry: dict) -> None:
+        trained.append(entry["epoch"])
+        advance(f"epoch {entry['epoch']}: val mIoU {entry['val']['mIoU']:.1f}")
+
     with progress_bar("training", train_config.epochs) as advance:
         train(
             video_cache, text_caches["train"], video_cache, text_caches["val"], run_dir,
             preset.model, train_config, device=device, resume=resume, resume_epochs=train_config.epochs,
-            on_epoch=lambda entry: advance(f"epoch {entry['epoch']}: val mIoU {entry['val']['mIoU']:.1f}"),
+            on_epoch=on_epoch,
         )
-    lap(f"train ({train_config.epochs} epochs)")
+    if len(trained) == train_config.epochs:
+        lap(f"train ({train_config.epochs} epochs)")
+    else:
+        lap(f"train ({len(trained)} of {train_config.epochs} epochs, the rest done by an earlier run)")
 
     # 4. Test metrics against the even-split baseline.
     model, payload = load_checkpoint(run_dir / "best.pt", device)
@@ -108,7 +117,12 @@ def run_demo(
     thresholds = train_config.iou_thresholds
     metrics = records_metrics(records, thresholds, train_config.iou_strict)
     baseline = records_metrics(even_split_records(records), thresholds, train_config.iou_strict)
-    write_predictions(out / "test_predictions.json", records, metrics, {"checkpoint": str(run_dir / "best.pt")})
+    settings = {
+        "checkpoint": str(run_dir / "best.pt"),
+        "iou_thresholds": list(thresholds),
+        "iou_strict": train_config.iou_strict,
+    }
+    write_predictions(out / "test_predictions.json", records, metrics, settings, baseline)
     lap("evaluate")
 
     # 5. Ground one test paragraph from the raw video, as a user would.

@@ -104,8 +104,21 @@ def even_split_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]
     return baseline
 
 
-def write_predictions(path: str | Path, records: list[dict[str, Any]], metrics: dict[str, float], settings: dict[str, Any]) -> None:
-    """Write metrics, the settings that produced them and every record to a JSON file."""
+def write_predictions(
+    path: str | Path,
+    records: list[dict[str, Any]],
+    metrics: dict[str, float],
+    settings: dict[str, Any],
+    baseline: dict[str, float] | None = None,
+) -> None:
+    """Write metrics, the settings that produced them and every record to a JSON file.
+
+    ``baseline``, the even-split metrics, is stored as "even_split" when given.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"metrics": metrics, "settings": settings, "predictions": records}, indent=1))
+    payload: dict[str, Any] = {"metrics": metrics}
+    if baseline is not None:
+        payload["even_split"] = baseline
+    payload.update(settings=settings, predictions=records)
+    path.write_text(json.dumps(payload, indent=1))
