@@ -5,6 +5,7 @@ import torch
 
 from hsc.model.config import HSCNetConfig
 from hsc.model.hscnet import HSCNet
+from hsc.model.layers import aggregate, clip_time_features
 from hsc.model.losses import Targets, hscnet_loss
 
 VIDEO_DIM, WORD_DIM = 12, 6
@@ -183,3 +184,57 @@ def test_config_rejects_decoder_without_level():
 def test_config_rejects_unknown_levels():
     with pytest.raises(ValueError, match="invalid levels"):
         HSCNetConfig().with_levels("WL+PL")
+
+
+def test_clip_time_features_follow_normalised_time():
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, :2] = True  # clip 0 of 2 sits at time 0.25
+    mask[1, :6] = True  # clip 1 of 6 sits at time 0.25 too
+    times = clip_time_features(mask, 16)
+    assert torch.allclose(times[0, 0], times[1, 1], atol=1e-6)
+    assert not torch.allclose(times[0, 0], times[1, 0])
+    assert torch.allclose(times[mask].norm(dim=-1), torch.ones(8), atol=1e-5)
+    assert times[0, 2:].abs().sum() == 0  # padding
+
+
+def test_aggregate_appends_attended_time():
+    visual = torch.eye(4)[None]  # four orthogonal clips
+    textual = visual[:, 2:3]  # a query that matches clip 2 only
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    times = clip_time_features(mask, 4)
+    g, _ = aggregate(textual, visual, mask, temperature=0.01, times=times)
+    assert g.shape == (1, 1, 12)
+    assert torch.allclose(g[0, 0, 8:], times[0, 2], atol=1e-5)
+    assert aggregate(textual, visual, mask, temperature=0.01)[0].shape == (1, 1, 8)
+
+
+def test_model_without_pooled_time_runs():
+    config = small_config(pooled_time=False)
+    inputs, _ = batch_of([paragraph(10, [3, 2, 4], 0)])
+    with torch.no_grad():
+        out = build(config)(**inputs)
+    assert out.final_spans.shape == (1, 3, 2)
+    assert build(config).sentence_lstm.input_size == 4 * config.hidden_size
+
+
+def test_configs_saved_before_new_options_load_with_old_behaviour():
+    old = HSCNetConfig().to_dict()
+    del old["pooled_time"], old["bidirectional_lstm"]
+    loaded = HSCNetConfig.from_dict(old)
+    assert loaded.pooled_time is False and loaded.bidirectional_lstm is True
+    current = HSCNetConfig.from_dict(HSCNetConfig().to_dict())
+    assert current.pooled_time is True and current.bidirectional_lstm is False
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_direction_keeps_width_and_padding_invariance(bidirectional):
+    model = build(small_config(bidirectional_lstm=bidirectional))
+    assert model.sentence_lstm.bidirectional is bidirectional
+    assert model.word_lstm.bidirectional is bidirectional
+    alone = paragraph(10, [3, 2, 4], 0)
+    single_inputs, _ = batch_of([alone])
+    padded_inputs, _ = batch_of([alone, paragraph(14, [5, 1, 2, 6], 3)])
+    with torch.no_grad():
+        single = model(**single_inputs).final_spans[0]
+        padded = model(**padded_inputs).final_spans[0, :3]
+    assert torch.allclose(single, padded, atol=1e-5)

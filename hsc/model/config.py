@@ -35,6 +35,13 @@ class HSCNetConfig:
     # Initial 1/sigma of the similarity attention (equation 1); sigma is learned per layer.
     # Cosine similarities lie in [-1, 1], so without a scale the softmax is nearly uniform.
     initial_similarity_scale: float = 10.0
+    # Append to each grounding feature the attention-weighted sinusoidal features of the clips'
+    # normalised times, so the span heads read where a query attends (docs/model.md).
+    pooled_time: bool = True
+    # Equations 7 and 8 say "an LSTM": one direction, so a sentence's decoder state holds the
+    # sentences before it and the paragraph context g_P, and a word's the words before it.
+    # True runs each LSTM in both directions instead (D/2 units each).
+    bidirectional_lstm: bool = False
 
     # Semantic levels (table 2). The sentence level is always on.
     word_level: bool = True
@@ -81,7 +88,8 @@ class HSCNetConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown HSCNet config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+        # Checkpoints written before these options existed were trained with the old behaviour.
+        return cls(**{"pooled_time": False, "bidirectional_lstm": True, **values})
 
     def with_levels(self, levels: str) -> HSCNetConfig:
         """Return a copy modelling only ``levels``: "SL", "SL+PL", "SL+WL" or "SL+PL+WL".

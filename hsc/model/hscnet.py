@@ -20,6 +20,7 @@ from hsc.model.layers import (
     SpanHead,
     VisualSelfAttention,
     aggregate,
+    clip_time_features,
 )
 from hsc.model.spans import cw_to_se
 
@@ -94,16 +95,19 @@ class HSCNet(nn.Module):
             self.paragraph_visual = VisualSelfAttention(D, H, p)
             self.paragraph_layers = stack(config.paragraph_layers)
 
-        # Grounding features g are [Q; softmax(A) V], so 2D wide.
+        # Grounding features g are [Q; softmax(A) V], 2D wide, plus the attended clip times.
+        G = 3 * D if config.pooled_time else 2 * D
         if config.paragraph_decoder:
-            self.paragraph_project = nn.Linear(2 * D, D)
+            self.paragraph_project = nn.Linear(G, D)
             self.paragraph_head = SpanHead(D, D, p)
-        sentence_in = 2 * D + (2 * D if config.paragraph_level else 0)
-        # Bidirectional, so each sentence gets context from the sentences before and after it.
-        self.sentence_lstm = nn.LSTM(sentence_in, D // 2, batch_first=True, bidirectional=True)
+        sentence_in = G + (G if config.paragraph_level else 0)
+        # Either direction of a bidirectional LSTM has D/2 units, so every state is D wide.
+        bi = config.bidirectional_lstm
+        units = D // 2 if bi else D
+        self.sentence_lstm = nn.LSTM(sentence_in, units, batch_first=True, bidirectional=bi)
         self.sentence_head = SpanHead(D, D, p)
         if config.word_decoder:
-            self.word_lstm = nn.LSTM(2 * D + D, D // 2, batch_first=True, bidirectional=True)
+            self.word_lstm = nn.LSTM(G + D, units, batch_first=True, bidirectional=bi)
             self.word_head = SpanHead(D, D, p)
             self.final_attention = nn.MultiheadAttention(D, H, dropout=p, batch_first=True)
             self.final_head = SpanHead(2 * D, D, p)
@@ -135,20 +139,21 @@ class HSCNet(nn.Module):
         # Feature encoders.
         visual = self.video_encoder(video, video_mask)  # (B, T, D)
         textual = self.text_encoder(words, word_mask)  # (B, W, D)
+        times = clip_time_features(video_mask, visual.shape[-1]) if cfg.pooled_time else None
 
         # Word level: clips and words attend jointly.
         g_word = None
         if cfg.word_level:
             for layer in self.word_layers:
                 visual, textual = layer(visual, video_mask, textual, word_mask)
-            g_word, logits["word"] = aggregate(textual, visual, video_mask, cfg.temperature)
+            g_word, logits["word"] = aggregate(textual, visual, video_mask, cfg.temperature, times)
 
         # Sentence level: pool words into sentences, adapt the clips, attend jointly.
         sentences = self.sentence_pool(textual, word_mask, word_sentence, S)  # (B, S, D)
         visual = self.sentence_visual(visual, video_mask)
         for layer in self.sentence_layers:
             visual, sentences = layer(visual, video_mask, sentences, sentence_mask)
-        g_sentence, logits["sentence"] = aggregate(sentences, visual, video_mask, cfg.temperature)
+        g_sentence, logits["sentence"] = aggregate(sentences, visual, video_mask, cfg.temperature, times)
 
         # Paragraph level: one token pooled from the sentences.
         g_paragraph = None
@@ -159,7 +164,7 @@ class HSCNet(nn.Module):
             paragraph_mask = torch.ones(B, 1, dtype=torch.bool, device=video.device)
             for layer in self.paragraph_layers:
                 visual, paragraph = layer(visual, video_mask, paragraph, paragraph_mask)
-            g_paragraph, logits["paragraph"] = aggregate(paragraph, visual, video_mask, cfg.temperature)
+            g_paragraph, logits["paragraph"] = aggregate(paragraph, visual, video_mask, cfg.temperature, times)
 
         # Paragraph decoder.
         paragraph_span = None
@@ -183,7 +188,7 @@ class HSCNet(nn.Module):
         slot = torch.where(valid, slot, S * L)  # padding goes to a spare slot that is dropped
         grouped = g_word.new_zeros(B, S * L + 1, g_word.shape[-1])
         grouped.scatter_(1, slot[..., None].expand(-1, -1, g_word.shape[-1]), g_word)
-        grouped = grouped[:, : S * L].reshape(B, S, L, -1)  # (B, S, L, 2D)
+        grouped = grouped[:, : S * L].reshape(B, S, L, -1)  # (B, S, L, G)
         word_mask_grouped = torch.zeros(B, S * L + 1, dtype=torch.bool, device=video.device)
         word_mask_grouped.scatter_(1, slot, valid)
         word_mask_grouped = word_mask_grouped[:, : S * L].reshape(B, S, L)

@@ -184,19 +184,46 @@ class VisualSelfAttention(nn.Module):
         return self.layer(visual, src_key_padding_mask=~mask)
 
 
-def aggregate(textual: Tensor, visual: Tensor, visual_mask: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+def clip_time_features(video_mask: Tensor, dim: int) -> Tensor:
+    """Return sinusoidal features of each clip's normalised time, (B, T, dim), unit rows.
+
+    Clip t of a video with n real clips sits at time c = (t + 0.5) / n in [0, 1], so the features
+    mean the same in a short video as in a long one, and padding does not change them. Each pair
+    of components is (sin, cos) of 2 pi f c, with f from 0.25 to 64 cycles per video on a
+    geometric scale. Rows are scaled to unit norm; padding clips get zeros.
+    """
+    lengths = video_mask.sum(1, keepdim=True).clamp(min=1).float()  # (B, 1)
+    steps = torch.arange(video_mask.shape[1], device=video_mask.device, dtype=torch.float32)
+    centres = (steps[None] + 0.5) / lengths  # (B, T)
+    frequencies = torch.logspace(math.log10(0.25), math.log10(64.0), dim // 2, device=video_mask.device)
+    angles = 2 * math.pi * centres[..., None] * frequencies  # (B, T, dim / 2)
+    table = torch.cat([angles.sin(), angles.cos()], dim=-1) / math.sqrt(dim // 2)
+    return table * video_mask[..., None]
+
+
+def aggregate(
+    textual: Tensor,
+    visual: Tensor,
+    visual_mask: Tensor,
+    temperature: float,
+    times: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Aggregate the clips into each textual query (equations 5 and 6).
 
     Both sides are L2-normalised; ``A = Q V^T / tau`` is masked over padding clips. Returns the
     grounding features ``g = [Q; softmax(A) V]`` (B, Q, 2D) and the logits ``A`` (B, Q, T), which
-    the alignment loss reads.
+    the alignment loss reads. With ``times`` (B, T, D) from ``clip_time_features``, ``g`` also
+    holds ``softmax(A) times``, where the query's attention puts it in time, and is 3D wide.
     """
     q = F.normalize(textual, dim=-1)
     v = F.normalize(visual, dim=-1)
     logits = q @ v.transpose(1, 2) / temperature  # (B, Q, T)
     logits = logits.masked_fill(~visual_mask[:, None, :], float("-inf"))
-    pooled = logits.softmax(dim=-1) @ v  # (B, Q, D)
-    return torch.cat([q, pooled], dim=-1), logits
+    weights = logits.softmax(dim=-1)
+    parts = [q, weights @ v]
+    if times is not None:
+        parts.append(weights @ times)
+    return torch.cat(parts, dim=-1), logits
 
 
 class SpanHead(nn.Module):
