@@ -93,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="paragraphs per batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
 
+    parser.add_argument("--device", default="cpu", help="torch device of every run, e.g. cuda")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time, one process each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     return parser.parse_args(argv)
@@ -128,11 +129,13 @@ def train_config(args: argparse.Namespace, seed: int) -> TrainConfig:
     )
 
 
-def evaluate_split(checkpoint: Path, caches: SplitCaches, config: TrainConfig) -> tuple[dict[str, float], dict[str, float]]:
+def evaluate_split(
+    checkpoint: Path, caches: SplitCaches, config: TrainConfig, device: str = "cpu"
+) -> tuple[dict[str, float], dict[str, float]]:
     """Return the metrics of ``checkpoint`` and of the even-split baseline on one split."""
-    model, _ = load_checkpoint(checkpoint)
+    model, _ = load_checkpoint(checkpoint, device)
     dataset = ParagraphDataset(caches.video, caches.text, config.num_clips, config.normalize_clips)
-    records = predict(model, make_loader(dataset, config.batch_size, shuffle=False), "cpu")
+    records = predict(model, make_loader(dataset, config.batch_size, shuffle=False), device)
     metrics = records_metrics(records, config.iou_thresholds, config.iou_strict)
     baseline = records_metrics(even_split_records(records), config.iou_thresholds, config.iou_strict)
     return metrics, baseline
@@ -153,9 +156,9 @@ def run_one(
     tc = train_config(args, seed)
     result = train(
         splits["train"].video, splits["train"].text, splits["val"].video, splits["val"].text,
-        out_dir, model_config(args, levels), tc,
+        out_dir, model_config(args, levels), tc, device=args.device,
     )
-    test, baseline = evaluate_split(out_dir / "best.pt", splits["test"], tc)
+    test, baseline = evaluate_split(out_dir / "best.pt", splits["test"], tc, args.device)
     seconds = time.perf_counter() - start
     summary = {
         "levels": levels,
