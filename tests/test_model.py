@@ -217,17 +217,19 @@ def test_model_without_pooled_time_runs():
     assert build(config).sentence_lstm.input_size == 4 * config.hidden_size
 
 
-def test_configs_saved_before_new_options_load_with_old_behaviour():
+def test_old_config_loads_old_behaviour():
     old = HSCNetConfig().to_dict()
     del old["pooled_time"], old["bidirectional_lstm"]
     loaded = HSCNetConfig.from_dict(old)
-    assert loaded.pooled_time is False and loaded.bidirectional_lstm is True
+    assert loaded.pooled_time is False
+    assert loaded.bidirectional_lstm is True
     current = HSCNetConfig.from_dict(HSCNetConfig().to_dict())
-    assert current.pooled_time is True and current.bidirectional_lstm is False
+    assert current.pooled_time is True
+    assert current.bidirectional_lstm is False
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_lstm_direction_keeps_width_and_padding_invariance(bidirectional):
+def test_lstm_direction_padding_invariance(bidirectional):
     model = build(small_config(bidirectional_lstm=bidirectional))
     assert model.sentence_lstm.bidirectional is bidirectional
     assert model.word_lstm.bidirectional is bidirectional
