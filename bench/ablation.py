@@ -5,7 +5,8 @@ come from ``hsc.pipeline.synthetic_features``, so a sentence is found only by ma
 words with the clips. Each level configuration (SL, SL+PL, SL+WL, SL+PL+WL) is trained for
 every seed, and the checkpoint with the best validation mIoU is evaluated on the test split.
 The script prints mean and standard deviation over the seeds, the even-split baseline and the
-wall time. ``docs/benchmarks.md`` records a measured table and the command.
+wall time. ``--align`` and ``--decoders`` switch off alignment losses or decoders in every run,
+as in tables 3 and 4. ``docs/benchmarks.md`` records the measured tables and their commands.
 
 Example (about 20 minutes on a 2-core CPU):
 
@@ -64,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--levels", nargs="+", default=list(ALL_LEVELS), help="level configurations to train")
+    parser.add_argument("--align", default=None,
+                        help="alignment losses to keep in every run, e.g. 'sentence' or 'word,sentence' "
+                             "(default: those of the modelled levels)")
+    parser.add_argument("--decoders", default=None,
+                        help="extra decoders to keep in every run: 'word', 'paragraph', 'word,paragraph' or 'none' "
+                             "(default: those of the modelled levels)")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs per run")
 
     parser.add_argument("--num-train", type=int, default=1000, help="training paragraphs drawn")
@@ -105,8 +112,8 @@ def configure_logging() -> None:
 
 
 def model_config(args: argparse.Namespace, levels: str) -> HSCNetConfig:
-    """Return the small HSCNet of the benchmark modelling ``levels``."""
-    return HSCNetConfig(
+    """Return the small HSCNet of the benchmark modelling ``levels``, with ``--align`` and ``--decoders``."""
+    config = HSCNetConfig(
         hidden_size=args.hidden,
         num_heads=args.heads,
         dropout=args.dropout,
@@ -116,6 +123,11 @@ def model_config(args: argparse.Namespace, levels: str) -> HSCNetConfig:
         sentence_layers=1,
         paragraph_layers=1,
     ).with_levels(levels)
+    if args.align is not None:
+        config = config.with_alignments(args.align)
+    if args.decoders is not None:
+        config = config.with_decoders(args.decoders)
+    return config
 
 
 def train_config(args: argparse.Namespace, seed: int) -> TrainConfig:
@@ -202,15 +214,16 @@ def format_table(table: dict[str, dict[str, tuple[float, float]]]) -> str:
     return "\n".join(lines)
 
 
-def check_levels(levels: list[str]) -> None:
-    for name in levels:
-        HSCNetConfig().with_levels(name)  # raises ValueError naming the invalid value
+def check_levels(args: argparse.Namespace) -> None:
+    """Build every run's config once, so an invalid combination fails before any training."""
+    for name in args.levels:
+        model_config(args, name)  # raises ValueError naming the invalid value
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Generate the data, train every (levels, seed) pair, print and save the table."""
     args = parse_args(argv)
-    check_levels(args.levels)
+    check_levels(args)
     configure_logging()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

@@ -185,9 +185,9 @@ def train(
     if levels is not None:
         model_config = model_config.with_levels(levels)
     if align is not None:
-        model_config = override(model_config, parse_switches(align, ("word", "sentence", "paragraph"), "align_"))
+        model_config = model_config.with_alignments(align)
     if decoders is not None:
-        model_config = override(model_config, parse_switches(decoders, ("word", "paragraph"), "", "_decoder"))
+        model_config = model_config.with_decoders(decoders)
     train_config = override(
         chosen.train,
         {
@@ -206,15 +206,6 @@ def train(
     )
     console.print(metrics_table(f"best validation epoch {result.best_epoch}", {"HSCNet": result.best_metrics}))
     console.print(f"checkpoints in {out}: best.pt, last.pt")
-
-
-def parse_switches(text: str, names: tuple[str, ...], prefix: str, suffix: str = "") -> dict[str, bool]:
-    """Turn 'word,sentence' into {prefix+name+suffix: bool} for each known name."""
-    chosen = set() if text.strip().lower() == "none" else {p.strip().lower() for p in text.split(",") if p.strip()}
-    unknown = chosen - set(names)
-    if unknown:
-        raise ValueError(f"unknown names {sorted(unknown)} in {text!r}; choose from {', '.join(names)} or 'none'")
-    return {f"{prefix}{name}{suffix}": name in chosen for name in names}
 
 
 @app.command()

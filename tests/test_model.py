@@ -240,3 +240,24 @@ def test_lstm_direction_padding_invariance(bidirectional):
         single = model(**single_inputs).final_spans[0]
         padded = model(**padded_inputs).final_spans[0, :3]
     assert torch.allclose(single, padded, atol=1e-5)
+
+
+def test_with_alignments_keeps_named_losses():
+    config = HSCNetConfig().with_alignments("word, sentence")
+    assert config.align_word
+    assert config.align_sentence
+    assert not config.align_paragraph
+    assert not HSCNetConfig().with_alignments("none").align_sentence
+
+
+def test_with_decoders_keeps_named_decoders():
+    config = HSCNetConfig().with_decoders("paragraph")
+    assert config.paragraph_decoder
+    assert not config.word_decoder
+
+
+def test_switches_reject_unknown_names():
+    with pytest.raises(ValueError, match="unknown names"):
+        HSCNetConfig().with_alignments("words")
+    with pytest.raises(ValueError, match="unknown names"):
+        HSCNetConfig().with_decoders("sentence")

@@ -246,3 +246,19 @@ def test_with_levels_matches_bench_names() -> None:
     for levels in bench.ALL_LEVELS:
         config = HSCNetConfig().with_levels(levels)
         assert config.word_level == ("WL" in levels)
+
+
+def test_bench_align_and_decoder_switches() -> None:
+    bench = load_bench()
+    args = bench.parse_args(["--align", "sentence", "--decoders", "none"])
+    config = bench.model_config(args, "SL+PL")
+    assert config.paragraph_level
+    assert not config.align_paragraph
+    assert config.align_sentence
+    assert not config.paragraph_decoder
+
+
+def test_bench_rejects_alignment_of_absent_level(tmp_path: Path) -> None:
+    bench = load_bench()
+    with pytest.raises(ValueError, match="align_word needs word_level"):
+        bench.main(["--out", str(tmp_path), "--levels", "SL+PL", "--align", "word,sentence"])

@@ -111,3 +111,35 @@ class HSCNetConfig:
             paragraph_decoder=paragraph,
         )
         return HSCNetConfig(**values)
+
+    def with_alignments(self, names: str) -> HSCNetConfig:
+        """Return a copy that keeps only the alignment losses in ``names`` (table 3).
+
+        ``names`` is a comma-separated subset of "word", "sentence" and "paragraph", or "none".
+        """
+        enabled = parse_names(names, ("word", "sentence", "paragraph"))
+        values = self.to_dict()
+        values.update({f"align_{name}": name in enabled for name in ("word", "sentence", "paragraph")})
+        return HSCNetConfig(**values)
+
+    def with_decoders(self, names: str) -> HSCNetConfig:
+        """Return a copy that keeps only the extra decoders in ``names`` (table 4).
+
+        ``names`` is "word", "paragraph", "word,paragraph" or "none"; the sentence decoder is
+        always on.
+        """
+        enabled = parse_names(names, ("word", "paragraph"))
+        values = self.to_dict()
+        values.update({f"{name}_decoder": name in enabled for name in ("word", "paragraph")})
+        return HSCNetConfig(**values)
+
+
+def parse_names(text: str, names: tuple[str, ...]) -> set[str]:
+    """Return the names in a comma-separated ``text`` ("none" for none); raises ValueError on others."""
+    if text.strip().lower() == "none":
+        return set()
+    chosen = {part.strip().lower() for part in text.split(",") if part.strip()}
+    unknown = chosen - set(names)
+    if unknown:
+        raise ValueError(f"unknown names {sorted(unknown)} in {text!r}; choose from {', '.join(names)} or 'none'")
+    return chosen
