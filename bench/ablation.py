@@ -20,9 +20,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
@@ -55,7 +55,7 @@ DATASETS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="folder for data, runs and results")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="tacos",
@@ -103,7 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="torch device of every run, e.g. cuda")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time, one process each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def configure_logging() -> None:
@@ -214,16 +218,22 @@ def format_table(table: dict[str, dict[str, tuple[float, float]]]) -> str:
     return "\n".join(lines)
 
 
-def check_levels(args: argparse.Namespace) -> None:
-    """Build every run's config once, so an invalid combination fails before any training."""
+def check_configs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Build every run's config once, so an invalid combination exits before any training."""
     for name in args.levels:
-        model_config(args, name)  # raises ValueError naming the invalid value
+        try:
+            model_config(args, name)
+        except ValueError as error:
+            switches = " ".join(f"--{flag} {value}" for flag, value in (("align", args.align), ("decoders", args.decoders))
+                                if value is not None)
+            parser.error(f"--levels {name} {switches}".rstrip() + f": {error}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Generate the data, train every (levels, seed) pair, print and save the table."""
-    args = parse_args(argv)
-    check_levels(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_configs(parser, args)
     configure_logging()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -252,9 +262,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pairs = [(levels, seed) for levels in args.levels for seed in args.seeds]
     if args.jobs > 1:
         # Spawned workers: forking a process that has run torch can deadlock its thread pools.
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_one, levels, seed, args, splits) for levels, seed in pairs]
-            runs = [f.result() for f in futures]
+        pool = get_context("spawn").Pool(args.jobs)
+        try:
+            pending = [pool.apply_async(run_one, (levels, seed, args, splits)) for levels, seed in pairs]
+            runs = [result.get() for result in pending]
+            pool.close()
+        except BaseException:
+            # Ctrl-C or a failed run: stop every worker and drop the runs not started yet.
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     else:
         runs = [run_one(levels, seed, args, splits) for levels, seed in pairs]
     for run in runs:
@@ -283,4 +301,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    # SIGTERM exits through the same cleanup as Ctrl-C, so no training worker is left behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted; finished runs keep their folders under --out/runs", file=sys.stderr)
+        sys.exit(130)

@@ -181,13 +181,7 @@ def train(
     from hsc.pipeline.train import train as run_training
 
     chosen = get_preset(preset)
-    model_config = chosen.model
-    if levels is not None:
-        model_config = model_config.with_levels(levels)
-    if align is not None:
-        model_config = model_config.with_alignments(align)
-    if decoders is not None:
-        model_config = model_config.with_decoders(decoders)
+    model_config = ablation_config(chosen.model, levels, align, decoders)
     train_config = override(
         chosen.train,
         {
@@ -206,6 +200,25 @@ def train(
     )
     console.print(metrics_table(f"best validation epoch {result.best_epoch}", {"HSCNet": result.best_metrics}))
     console.print(f"checkpoints in {out}: best.pt, last.pt")
+
+
+def ablation_config(config: Any, levels: str | None, align: str | None, decoders: str | None) -> Any:
+    """Apply ``--levels``, ``--align`` and ``--decoders`` to an HSCNetConfig, in that order.
+
+    Raises ValueError naming the flags when their values do not fit together.
+    """
+    flags_given = ", ".join(f"--{flag} {value!r}" for flag, value in
+                      (("levels", levels), ("align", align), ("decoders", decoders)) if value is not None)
+    try:
+        if levels is not None:
+            config = config.with_levels(levels)
+        if align is not None:
+            config = config.with_alignments(align)
+        if decoders is not None:
+            config = config.with_decoders(decoders)
+    except ValueError as error:
+        raise ValueError(f"{flags_given}: {error}") from error
+    return config
 
 
 @app.command()

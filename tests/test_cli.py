@@ -227,3 +227,14 @@ def test_extract_text_rejected_entries_exit_nonzero(tmp_path):
     assert result.exit_code == 1
     assert "1 written" in flat(result)
     assert "rejected" in flat(result)
+
+
+def test_train_names_clashing_flags(tmp_path):
+    missing = tmp_path / "missing.h5"
+    result = invoke(
+        "train", "--train-video", missing, "--train-text", missing, "--val-video", missing,
+        "--val-text", missing, "--out", tmp_path / "run", "--levels", "SL+PL", "--align", "word",
+    )
+    assert result.exit_code == 2
+    assert "--levels 'SL+PL', --align 'word': align_word needs word_level" in flat(result)
+    assert not (tmp_path / "run").exists()

@@ -261,3 +261,9 @@ def test_switches_reject_unknown_names():
         HSCNetConfig().with_alignments("words")
     with pytest.raises(ValueError, match="unknown names"):
         HSCNetConfig().with_decoders("sentence")
+
+
+@pytest.mark.parametrize("text", ["", " , "])
+def test_switches_reject_empty_text(text):
+    with pytest.raises(ValueError, match="no names"):
+        HSCNetConfig().with_alignments(text)

@@ -235,10 +235,12 @@ def test_bench_main_end_to_end(small_tacos: Path, tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "SL-PL-WL_seed0" / "best.pt").is_file()
 
 
-def test_bench_rejects_unknown_levels(tmp_path: Path) -> None:
+def test_bench_rejects_unknown_levels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = load_bench()
-    with pytest.raises(ValueError, match="invalid levels"):
+    with pytest.raises(SystemExit) as exit_info:
         bench.main(["--out", str(tmp_path), "--levels", "SL+XL"])
+    assert exit_info.value.code == 2
+    assert "--levels SL+XL: invalid levels" in capsys.readouterr().err
 
 
 def test_with_levels_matches_bench_names() -> None:
@@ -258,7 +260,10 @@ def test_bench_align_and_decoder_switches() -> None:
     assert not config.paragraph_decoder
 
 
-def test_bench_rejects_alignment_of_absent_level(tmp_path: Path) -> None:
+def test_bench_rejects_alignment_of_absent_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = load_bench()
-    with pytest.raises(ValueError, match="align_word needs word_level"):
+    with pytest.raises(SystemExit) as exit_info:
         bench.main(["--out", str(tmp_path), "--levels", "SL+PL", "--align", "word,sentence"])
+    assert exit_info.value.code == 2
+    assert "--levels SL+PL --align word,sentence: align_word needs word_level" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()

@@ -75,9 +75,11 @@ class HSCNetConfig:
                 "paragraph_decoder needs paragraph_level: the paragraph decoder reads paragraph-level features"
             )
         if self.align_word and not self.word_level:
-            raise ValueError("align_word needs word_level")
+            raise ValueError("align_word needs word_level: a word alignment loss needs the word level modelled")
         if self.align_paragraph and not self.paragraph_level:
-            raise ValueError("align_paragraph needs paragraph_level")
+            raise ValueError(
+                "align_paragraph needs paragraph_level: a paragraph alignment loss needs the paragraph level modelled"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,6 +141,8 @@ def parse_names(text: str, names: tuple[str, ...]) -> set[str]:
     if text.strip().lower() == "none":
         return set()
     chosen = {part.strip().lower() for part in text.split(",") if part.strip()}
+    if not chosen:
+        raise ValueError(f"no names in {text!r}; choose from {', '.join(names)}, or 'none' to keep none")
     unknown = chosen - set(names)
     if unknown:
         raise ValueError(f"unknown names {sorted(unknown)} in {text!r}; choose from {', '.join(names)} or 'none'")
