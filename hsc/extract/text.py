@@ -99,6 +99,21 @@ def encode_paragraph(
     )
 
 
+def text_record(
+    paragraph: Paragraph, encoded: EncodedParagraph, video: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Return the arrays and attributes that a text cache stores for one paragraph."""
+    arrays = {
+        "word_vectors": encoded.word_vectors,
+        "word_sentence": encoded.word_sentence,
+        "words": np.asarray(encoded.words, dtype=str),
+        "sentences": np.asarray(paragraph.sentences, dtype=str),
+        "timestamps": np.asarray(paragraph.timestamps, dtype=np.float64).reshape(-1, 2),
+    }
+    attrs = {"video": video, "duration": float(paragraph.duration), "oov_words": encoded.oov_words}
+    return arrays, attrs
+
+
 def text_settings(vectors: WordVectors, max_sentences: int = DEFAULT_MAX_SENTENCES) -> dict[str, Any]:
     """Return the settings record of a text cache built with ``vectors``.
 
@@ -157,19 +172,7 @@ def extract_text(
     def compute(key: str, paragraph: Paragraph) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         encoded = encode_paragraph(paragraph.sentences, tokenize, vectors)
         counts[key] = (len(encoded.words), encoded.oov_words)
-        arrays = {
-            "word_vectors": encoded.word_vectors,
-            "word_sentence": encoded.word_sentence,
-            "words": np.asarray(encoded.words, dtype=str),
-            "sentences": np.asarray(paragraph.sentences, dtype=str),
-            "timestamps": np.asarray(paragraph.timestamps, dtype=np.float64).reshape(-1, 2),
-        }
-        attrs = {
-            "video": paragraph.video,
-            "duration": float(paragraph.duration),
-            "oov_words": encoded.oov_words,
-        }
-        return arrays, attrs
+        return text_record(paragraph, encoded, paragraph.video)
 
     with FeatureCache(out, text_settings(vectors, max_sentences)) as cache:
         summary = run_batch(cache, ((p.id, p) for p in paragraphs), compute, progress=progress)

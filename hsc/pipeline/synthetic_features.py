@@ -50,7 +50,7 @@ from spacy.lang.en.stop_words import STOP_WORDS
 
 from hsc.extract.annotations import Paragraph, read_annotations
 from hsc.extract.cache import BatchSummary, FeatureCache, InvalidInputError, run_batch
-from hsc.extract.text import encode_paragraph, text_settings, tokenize
+from hsc.extract.text import encode_paragraph, text_record, text_settings, tokenize
 from hsc.extract.vectors import WordVectors, default_vectors
 from hsc.model.spans import clips_inside
 
@@ -473,16 +473,8 @@ def write_split(
         return arrays, attrs
 
     def compute_text(key: str, paragraph: Paragraph) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        encoded = encode_paragraph(paragraph.sentences, tokenize, vectors)
-        arrays = {
-            "word_vectors": encoded.word_vectors,
-            "word_sentence": encoded.word_sentence,
-            "words": np.asarray(encoded.words, dtype=str),
-            "sentences": np.asarray(paragraph.sentences, dtype=str),
-            "timestamps": np.asarray(paragraph.timestamps, dtype=np.float64).reshape(-1, 2),
-        }
-        attrs = {"video": key, "duration": float(paragraph.duration), "oov_words": encoded.oov_words}
-        return arrays, attrs
+        # The synthetic video is keyed by the paragraph id, so the record points there.
+        return text_record(paragraph, encode_paragraph(paragraph.sentences, tokenize, vectors), key)
 
     with FeatureCache(video_path, video_settings(config, vectors)) as cache:
         extra = sorted(set(cache.keys()) - {p.id for p in selected})
