@@ -224,9 +224,12 @@ def check_configs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         try:
             model_config(args, name)
         except ValueError as error:
-            switches = " ".join(f"--{flag} {value}" for flag, value in (("align", args.align), ("decoders", args.decoders))
-                                if value is not None)
-            parser.error(f"--levels {name} {switches}".rstrip() + f": {error}")
+            flags = [f"--levels {name}"]
+            if args.align is not None:
+                flags.append(f"--align {args.align}")
+            if args.decoders is not None:
+                flags.append(f"--decoders {args.decoders}")
+            parser.error(f"{' '.join(flags)}: {error}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -38,9 +38,9 @@ class HSCNetConfig:
     # Append to each grounding feature the attention-weighted sinusoidal features of the clips'
     # normalised times, so the span heads read where a query attends (docs/model.md).
     pooled_time: bool = True
-    # Equations 7 and 8 use "an LSTM", read here as one direction: a sentence's decoder state
-    # then sees the sentences before it and the paragraph context g_P, and a word's state the
-    # words before it. True runs each LSTM in both directions instead (D/2 units each).
+    # Equations 7 and 8 use "an LSTM", read here as one direction. A sentence's decoder state
+    # then depends on the sentences before it and on the paragraph context g_P, and a word's
+    # state on the words before it. True runs each LSTM in both directions (D/2 units each).
     bidirectional_lstm: bool = False
 
     # Semantic levels (table 2). The sentence level is always on.

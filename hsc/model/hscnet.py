@@ -95,7 +95,7 @@ class HSCNet(nn.Module):
             self.paragraph_visual = VisualSelfAttention(D, H, p)
             self.paragraph_layers = stack(config.paragraph_layers)
 
-        # Grounding features g are [Q; softmax(A) V], 2D wide, plus the attended clip times.
+        # Grounding features g are [Q; softmax(A) V], 2D wide, and D wider with the attended clip times.
         G = 3 * D if config.pooled_time else 2 * D
         if config.paragraph_decoder:
             self.paragraph_project = nn.Linear(G, D)
